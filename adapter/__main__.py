@@ -1,0 +1,80 @@
+"""`python -m adapter`: the gRPC frontend."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from adapter.cli import add_kafka_arguments, env, kafka_config, run, setup_logging
+from adapter.errors import KafkaRpcError
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m adapter",
+        description="Serve the gRPC services defined in .proto files, carrying every call over Kafka "
+        "to handler processes (python -m handlers).",
+    )
+    parser.add_argument("--proto-path", action="append", type=Path, metavar="DIR",
+                        help="folder of .proto files to serve (repeatable; env KAFKA_RPC_PROTO_PATH, ':'-separated)")
+    parser.add_argument("--listen", default=env("KAFKA_RPC_LISTEN", "127.0.0.1:50051"),
+                        help="gRPC address HOST:PORT (env KAFKA_RPC_LISTEN; default %(default)s)")
+    parser.add_argument("--reply-topic", default=env("KAFKA_RPC_REPLY_TOPIC", "kafka-rpc.replies"),
+                        help="topic replies come back on, shared by all frontends (default %(default)s)")
+    parser.add_argument("--reply-partitions", type=int, default=16,
+                        help="partitions of the reply topic if created: the most frontends sharing it (default %(default)s)")
+    parser.add_argument("--default-timeout", type=float, default=30.0,
+                        help="seconds to wait for a reply when the client sets no deadline (default %(default)s)")
+    parser.add_argument("--grace", type=float, default=10.0,
+                        help="seconds calls in flight may take to finish at shutdown (default %(default)s)")
+    add_kafka_arguments(parser)
+    args = parser.parse_args(argv)
+    if not args.proto_path:
+        from_env = env("KAFKA_RPC_PROTO_PATH", "")
+        args.proto_path = [Path(p) for p in from_env.split(":") if p]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    setup_logging(args.log_level, "adapter")
+
+    async def serve(stop: asyncio.Event) -> None:
+        from adapter.config import FrontendConfig
+        from adapter.gateway import Gateway
+        from adapter.protoset import ProtoSet
+
+        config = FrontendConfig(
+            kafka=kafka_config(args),
+            proto_paths=tuple(args.proto_path),
+            listen=args.listen,
+            reply_topic=args.reply_topic,
+            reply_partitions=args.reply_partitions,
+            default_timeout=args.default_timeout,
+        )
+        protos = ProtoSet.load(config.proto_paths)
+        log = logging.getLogger("adapter")
+        log.info("connecting to Kafka at %s", ",".join(config.kafka.bootstrap_servers))
+        gateway = Gateway(config, protos)
+        try:
+            await gateway.start()
+        except BaseException:
+            await gateway.stop(0)
+            raise
+        print(f"adapter: serving on {config.listen}", flush=True)
+        await stop.wait()
+        log.info("draining calls in flight (up to %gs)", args.grace)
+        await gateway.stop(args.grace)
+
+    try:
+        return run(serve, "adapter")
+    except KafkaRpcError as exc:
+        print(f"adapter: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

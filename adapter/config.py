@@ -1,0 +1,115 @@
+"""Typed, frozen, validated settings. Read from flags and environment only in the CLIs.
+
+    >>> kafka = KafkaConfig(bootstrap_servers=("127.0.0.1:9092",))
+    >>> FrontendConfig(kafka=kafka, proto_paths=(Path("protos"),)).listen
+    '127.0.0.1:50051'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapter.errors import ConfigError
+
+MiB = 1024 * 1024
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_HOST_PORT = re.compile(r"^\[?[A-Za-z0-9.:_-]*\]?:\d{1,5}$")
+
+
+def check_topic(name: str, setting: str = "topic") -> str:
+    """Return `name` if Kafka accepts it as a topic name, else raise ConfigError."""
+    if not _TOPIC.match(name) or name in (".", ".."):
+        raise ConfigError(f"{setting}: {name!r} is not a valid Kafka topic name (letters, digits, '.', '_', '-')")
+    return name
+
+
+def _positive(setting: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{setting} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """How to reach Kafka, shared by the frontend and the handler processes."""
+
+    bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    client_id: str = "kafka-rpc"
+    #: Partitions of request and reply topics that we create.
+    topic_partitions: int = 8
+    #: Create missing topics (else fail naming the missing topic).
+    create_topics: bool = True
+    #: Largest request or response message; Kafka topics we create accept it.
+    max_message_bytes: int = 4 * MiB
+    #: Extra kafka-python client settings passed through (security_protocol, sasl_*, ssl_*...).
+    client_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers:
+            raise ConfigError("bootstrap_servers: at least one HOST:PORT is needed")
+        for server in self.bootstrap_servers:
+            if not _HOST_PORT.match(server):
+                raise ConfigError(f"bootstrap_servers: {server!r} is not HOST:PORT")
+        _positive("topic_partitions", self.topic_partitions)
+        _positive("max_message_bytes", self.max_message_bytes)
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Settings of the gRPC frontend (`python -m adapter`)."""
+
+    kafka: KafkaConfig
+    proto_paths: tuple[Path, ...]
+    listen: str = "127.0.0.1:50051"
+    #: Topic all frontends receive replies on; each instance owns some of its partitions.
+    reply_topic: str = "kafka-rpc.replies"
+    #: Partitions of the reply topic when we create it: the most frontends that can share it.
+    reply_partitions: int = 16
+    #: Seconds a call may wait for its reply when the client sets no deadline.
+    default_timeout: float = 30.0
+    #: Seconds to wait at start for Kafka and a reply partition.
+    start_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.proto_paths:
+            raise ConfigError("proto_paths: give at least one --proto-path folder")
+        for path in self.proto_paths:
+            if not path.is_dir():
+                raise ConfigError(f"proto_paths: {str(path)!r} is not a folder")
+        if not _HOST_PORT.match(self.listen):
+            raise ConfigError(f"listen: {self.listen!r} is not HOST:PORT")
+        check_topic(self.reply_topic, "reply_topic")
+        _positive("reply_partitions", self.reply_partitions)
+        _positive("default_timeout", self.default_timeout)
+        _positive("start_timeout", self.start_timeout)
+
+    @property
+    def reply_group(self) -> str:
+        """Consumer group through which frontends share out the reply partitions."""
+        return f"kafka-rpc-frontends.{self.reply_topic}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Settings of a handler process (`python -m handlers`)."""
+
+    kafka: KafkaConfig
+    group: str = "kafka-rpc-handlers"
+    #: Handler functions running at once.
+    concurrency: int = 16
+    #: Records fetched but not yet replied to, beyond which fetching pauses.
+    max_pending: int = 256
+    #: Seconds a draining process waits for running handlers at shutdown.
+    drain_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            raise ConfigError("group: must not be empty")
+        _positive("concurrency", self.concurrency)
+        _positive("max_pending", self.max_pending)
+        if self.max_pending < self.concurrency:
+            raise ConfigError("max_pending must be at least concurrency")
+        _positive("drain_timeout", self.drain_timeout)

@@ -1,0 +1,147 @@
+"""The gRPC frontend: serves every method of the loaded services and forwards calls to Kafka.
+
+    gateway = Gateway(config, ProtoSet.load(config.proto_paths))
+    await gateway.start()          # Kafka, reply partition, then the gRPC port
+    await gateway.wait_closed()
+
+Request and response bytes pass through untouched: the frontend never needs the
+services' generated code. Server reflection and the standard health service are
+served beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from google.protobuf.message import DecodeError
+
+from adapter import wire
+from adapter.config import FrontendConfig
+from adapter.errors import CallError
+from adapter.protoset import ProtoSet
+from adapter.requester import Requester
+from adapter.routing import Route, routes_for
+from adapter.transport import KafkaTransport, Transport
+
+log = logging.getLogger(__name__)
+
+#: Seconds between Kafka reachability checks for the health service.
+HEALTH_INTERVAL = 2.0
+
+Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+class Gateway:
+    """A `grpc.aio` server whose methods are Kafka request/reply calls."""
+
+    def __init__(self, config: FrontendConfig, protos: ProtoSet, transport: Transport | None = None) -> None:
+        self.config = config
+        self.protos = protos
+        self.routes = routes_for(protos.services)
+        transport = transport or KafkaTransport(config, {r.topic for r in self.routes.values()})
+        self.requester = Requester(transport, config.default_timeout)
+        self.health = HealthServicer()
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect to Kafka, then open the gRPC port."""
+        await self.requester.start(self.config.start_timeout)
+        limit = self.config.kafka.max_message_bytes
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ])
+        server.add_generic_rpc_handlers(self._handlers())
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [s.full_name for s in self.protos.services]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+            pool=self.protos.pool,
+        )
+        self.port = server.add_insecure_port(self.config.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await server.start()
+        self._server = server
+        await self._set_health(True)
+        self._health_task = asyncio.create_task(self._watch_health())
+        log.info("serving %d services (%d methods) on %s", len(names), len(self.routes), self.config.listen)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting calls, let calls in flight finish for `grace` seconds, disconnect."""
+        if self._health_task:
+            self._health_task.cancel()
+        if self._server:
+            await self._server.stop(grace)
+        await self.requester.stop()
+
+    async def wait_closed(self) -> None:
+        if self._server:
+            await self._server.wait_for_termination()
+
+    def _handlers(self) -> list[grpc.GenericRpcHandler]:
+        by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for route in self.routes.values():
+            service, method = route.path[1:].split("/")
+            by_service.setdefault(service, {})[method] = self._method_handler(route)
+        return [grpc.method_handlers_generic_handler(s, methods) for s, methods in by_service.items()]
+
+    def _method_handler(self, route: Route) -> grpc.RpcMethodHandler:
+        if route.client_streaming or route.server_streaming:
+            return grpc.unary_unary_rpc_method_handler(_unimplemented_streaming)  # type: ignore[arg-type]
+        # No (de)serializers: the frontend passes protobuf bytes through.
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, route))
+
+    async def _unary(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            key = route.key_for(request)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {route.input_type.full_name}: {exc}")
+        remaining = context.time_remaining()
+        try:
+            reply = await self.requester.call(
+                route.path,
+                request,
+                topic=route.topic,
+                key=key,
+                metadata=wire.call_metadata(context.invocation_metadata()),
+                timeout=remaining,
+            )
+        except CallError as exc:
+            await context.abort(exc.code, exc.details)
+        if reply.trailing_metadata:
+            context.set_trailing_metadata(reply.trailing_metadata)
+        if reply.code is not grpc.StatusCode.OK:
+            await context.abort(reply.code, reply.message, reply.trailing_metadata)
+        return reply.payload
+
+    async def _set_health(self, ok: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *(s.full_name for s in self.protos.services)]:
+            await self.health.set(name, status)
+
+    async def _watch_health(self) -> None:
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            ok = self.requester.ready and await self.requester.transport_healthy()
+            if ok != serving:
+                log.warning("Kafka is %s: health %s", "reachable" if ok else "unreachable",
+                            "SERVING" if ok else "NOT_SERVING")
+                await self._set_health(ok)
+                serving = ok
+
+
+async def _unimplemented_streaming(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming methods are not carried over Kafka yet")
+    raise AssertionError("unreachable")

@@ -1,0 +1,162 @@
+"""The request/reply core: send a request record, wait for the reply with its correlation id.
+
+    requester = Requester(transport, default_timeout=30)
+    await requester.start()
+    reply = await requester.call("/shop.mail.v1.MailService/SendMail", payload,
+                                 topic="SEND_MAIL", timeout=5.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from adapter import wire
+from adapter.errors import CallError, CallTimeout, TransportError
+from adapter.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    """What the requester has seen, for logs and metrics."""
+
+    sent: int = 0
+    replied: int = 0
+    timed_out: int = 0
+    #: Replies whose call had already ended (late) or that belong to no call of ours.
+    dropped: int = 0
+
+
+@dataclass(eq=False)
+class _Pending:
+    future: asyncio.Future[wire.Reply]
+    partition: int
+
+
+class Requester:
+    """Sends calls through a `Transport` and matches replies to waiting callers."""
+
+    def __init__(self, transport: Transport, default_timeout: float = 30.0) -> None:
+        self._transport = transport
+        self._default_timeout = default_timeout
+        self._pending: dict[bytes, _Pending] = {}
+        self._partitions: tuple[int, ...] = ()
+        self._next = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = asyncio.Event()
+        self.counters = Counters()
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Connect the transport and wait until this instance owns a reply partition."""
+        self._loop = asyncio.get_running_loop()
+        await self._transport.start(self._replies_from_thread, self._partitions_from_thread)
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise TransportError(
+                f"no partition of reply topic {self._transport.reply_topic!r} was assigned within {timeout:g}s; "
+                "are there more frontends than reply partitions?"
+            ) from None
+
+    async def stop(self) -> None:
+        """Fail calls still waiting, then disconnect."""
+        for cid in list(self._pending):
+            self._fail(cid, CallError(grpc.StatusCode.UNAVAILABLE, "frontend is shutting down"))
+        await self._transport.stop()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._partitions)
+
+    async def transport_healthy(self) -> bool:
+        """Whether the broker answers now."""
+        return await self._transport.healthy()
+
+    async def call(
+        self,
+        method: str,
+        payload: bytes,
+        *,
+        topic: str,
+        key: bytes | None = None,
+        metadata: wire.Metadata = (),
+        timeout: float | None = None,
+    ) -> wire.Reply:
+        """Send one request and return its reply. Raises `CallTimeout` or `CallError`."""
+        if not self._partitions:
+            raise CallError(grpc.StatusCode.UNAVAILABLE, "this frontend owns no reply partition right now")
+        timeout = self._default_timeout if timeout is None else timeout
+        partition = self._partitions[next(self._next) % len(self._partitions)]
+        request = wire.Request(
+            method=method,
+            correlation_id=wire.new_correlation_id(),
+            reply_topic=self._transport.reply_topic,
+            reply_partition=partition,
+            deadline=time.time() + timeout,
+            metadata=metadata,
+            payload=payload,
+        )
+        cid = request.correlation_id
+        future = asyncio.get_running_loop().create_future()
+        # The waiter exists before the record does, so even an instant reply finds it.
+        self._pending[cid] = _Pending(future, partition)
+        try:
+            self._transport.send(topic, key, payload, request.encode_headers(), self._failer(cid))
+            self.counters.sent += 1
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self.counters.timed_out += 1
+            raise CallTimeout(f"no reply from topic {topic!r} within {timeout:.3g}s") from None
+        except TransportError as exc:
+            raise CallError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+        finally:
+            self._pending.pop(cid, None)
+
+    def _failer(self, cid: bytes):  # type: ignore[no-untyped-def]
+        loop = self._loop
+        assert loop is not None
+        return lambda exc: loop.call_soon_threadsafe(self._fail, cid, exc)
+
+    def _fail(self, cid: bytes, exc: Exception) -> None:
+        pending = self._pending.pop(cid, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(exc)
+
+    def _deliver(self, replies: list[wire.Reply]) -> None:
+        for reply in replies:
+            pending = self._pending.pop(reply.correlation_id, None)
+            if pending is None or pending.future.done():
+                self.counters.dropped += 1
+                log.debug("dropped reply for no waiting call (correlation id %s)", reply.correlation_id.hex())
+                continue
+            self.counters.replied += 1
+            pending.future.set_result(reply)
+
+    def _set_partitions(self, partitions: frozenset[int]) -> None:
+        self._partitions = tuple(sorted(partitions))
+        if self._partitions:
+            self._ready.set()
+        lost = [cid for cid, p in self._pending.items() if p.partition not in partitions]
+        for cid in lost:
+            self._fail(cid, CallError(grpc.StatusCode.UNAVAILABLE,
+                                      "reply partition moved to another frontend; the call may be retried"))
+
+    # Called on the transport's thread: hop onto the event loop once per batch.
+    def _replies_from_thread(self, replies: list[wire.Reply]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, replies)
+
+    def _partitions_from_thread(self, partitions: frozenset[int]) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._set_partitions, partitions)

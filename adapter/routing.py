@@ -1,0 +1,109 @@
+"""Which Kafka topic and key each method's calls go to, read from the service descriptors.
+
+Routes are a plain dict keyed by the full method path (``/pkg.Service/Method``). The
+defaults and the `kafka_rpc` options of `protos/kafka_rpc/options.proto` apply the same
+way whether the descriptors come from generated code (handlers) or from `.proto` files
+loaded at run time (the frontend).
+
+    >>> routes = routes_for([mail_pb2.DESCRIPTOR.services_by_name["MailService"]])
+    >>> routes["/shop.mail.v1.MailService/SendMail"].topic
+    'shop.mail.v1.MailService'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
+
+from adapter.config import check_topic
+from adapter.errors import ProtoError
+
+_SERVICE_TOPIC = "kafka_rpc.service_topic"
+_METHOD_TOPIC = "kafka_rpc.topic"
+_PARTITION_KEY = "kafka_rpc.partition_key"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where calls of one method go."""
+
+    path: str
+    topic: str
+    input_type: Descriptor
+    output_type: Descriptor
+    client_streaming: bool = False
+    server_streaming: bool = False
+    #: Request field whose value is the record key, or None.
+    key_field: FieldDescriptor | None = None
+
+    def key_for(self, request: bytes) -> bytes | None:
+        """The record key for a serialized request (parses it only when a key field is set)."""
+        if self.key_field is None:
+            return None
+        message = message_factory.GetMessageClass(self.input_type).FromString(request)
+        value = getattr(message, self.key_field.name)
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, bool):
+            return b"true" if value else b"false"
+        return str(value).encode()
+
+
+def method_path(method: MethodDescriptor) -> str:
+    """``/package.Service/Method``, as gRPC names it on the wire."""
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def routes_for(services: Iterable[ServiceDescriptor]) -> dict[str, Route]:
+    """The route of every method of `services`, keyed by method path."""
+    routes: dict[str, Route] = {}
+    for service in services:
+        service_topic = _option(service, "ServiceOptions", _SERVICE_TOPIC) or service.full_name
+        for method in service.methods:
+            path = method_path(method)
+            topic = _option(method, "MethodOptions", _METHOD_TOPIC) or service_topic
+            check_topic(topic, f"topic of {path}")
+            routes[path] = Route(
+                path=path,
+                topic=topic,
+                input_type=method.input_type,
+                output_type=method.output_type,
+                client_streaming=method.client_streaming,
+                server_streaming=method.server_streaming,
+                key_field=_key_field(method, _option(method, "MethodOptions", _PARTITION_KEY)),
+            )
+    return routes
+
+
+def _key_field(method: MethodDescriptor, name: str | None) -> FieldDescriptor | None:
+    if not name:
+        return None
+    path = method_path(method)
+    field = method.input_type.fields_by_name.get(name)
+    if field is None:
+        raise ProtoError(f"{path}: partition_key {name!r} is not a field of {method.input_type.full_name}")
+    if field.is_repeated or field.type in (
+        FieldDescriptor.TYPE_MESSAGE,
+        FieldDescriptor.TYPE_GROUP,
+    ):
+        raise ProtoError(f"{path}: partition_key {name!r} must be a singular scalar field")
+    return field
+
+
+def _option(desc: Any, options_type: str, extension: str) -> str | None:
+    # Options are re-read through the descriptor's own pool: the extension is known there
+    # even when the descriptor was loaded at run time rather than from generated code.
+    file = desc.file if isinstance(desc, ServiceDescriptor) else desc.containing_service.file
+    pool = file.pool
+    try:
+        ext = pool.FindExtensionByName(extension)
+    except KeyError:
+        return None  # kafka_rpc/options.proto is not imported: no options to read
+    options_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"google.protobuf.{options_type}"))
+    options = options_cls.FromString(desc.GetOptions().SerializeToString())
+    value = options.Extensions[ext]
+    return str(value) if value else None

@@ -1,0 +1,103 @@
+"""What the request/reply core needs from a broker, and its Kafka implementation.
+
+The contract is small so that a test can replace Kafka with memory (`adapter.memory`):
+send a record, say where replies should go, hand replies back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from kafka import KafkaAdminClient
+
+from adapter import wire
+from adapter.config import FrontendConfig
+from adapter.errors import TransportError
+from adapter.kafka import client_settings, ensure_topics, make_producer, translated
+from adapter.replies import OnPartitions, OnReplies, ReplyListener
+
+log = logging.getLogger(__name__)
+
+OnError = Callable[[Exception], None]
+
+
+class Transport(Protocol):
+    """A broker as the request/reply core sees it."""
+
+    reply_topic: str
+
+    async def start(self, on_replies: OnReplies, on_partitions: OnPartitions) -> None:
+        """Connect; then call `on_partitions` with the reply partitions this instance owns."""
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError) -> None:
+        """Produce one record without waiting; `on_error` (any thread) if it fails."""
+
+    async def healthy(self) -> bool:
+        """Whether the broker answers now."""
+
+    async def stop(self) -> None:
+        """Flush what was sent and disconnect."""
+
+
+class KafkaTransport:
+    """`Transport` over a real Kafka cluster, with kafka-python."""
+
+    def __init__(self, config: FrontendConfig, request_topics: set[str]) -> None:
+        self._config = config
+        self._request_topics = request_topics
+        self.reply_topic = config.reply_topic
+        self._producer = None
+        self._listener: ReplyListener | None = None
+        self._admin: KafkaAdminClient | None = None
+        self._admin_lock = threading.Lock()
+
+    async def start(self, on_replies: OnReplies, on_partitions: OnPartitions) -> None:
+        """Create missing topics, connect the producer, join the reply group."""
+        kafka = self._config.kafka
+        topics = {t: kafka.topic_partitions for t in self._request_topics}
+        topics[self.reply_topic] = self._config.reply_partitions
+        await asyncio.to_thread(ensure_topics, kafka, topics)
+        # A short max_block_ms: send() runs on the event loop and must not stall it.
+        self._producer = await asyncio.to_thread(make_producer, kafka, max_block_ms=2000)
+        for topic in self._request_topics:
+            with translated(f"reading metadata of {topic}"):
+                await asyncio.to_thread(self._producer.partitions_for, topic)
+        self._listener = await asyncio.to_thread(ReplyListener, self._config, on_replies, on_partitions)
+        self._listener.start()
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError) -> None:
+        if self._producer is None:
+            raise TransportError("transport is not started")
+        with translated(f"producing to {topic}"):
+            future = self._producer.send(topic, value=value, key=key, headers=list(headers))
+        future.add_errback(lambda exc: on_error(TransportError(f"producing to {topic}: {exc}")))
+
+    async def healthy(self) -> bool:
+        return await asyncio.to_thread(self._check)
+
+    def _check(self) -> bool:
+        with self._admin_lock:
+            try:
+                if self._admin is None:
+                    self._admin = KafkaAdminClient(**client_settings(self._config.kafka), request_timeout_ms=3000)
+                self._admin.describe_cluster()
+                return True
+            except Exception as exc:  # any failure means "not reachable now"
+                log.debug("kafka health check failed: %s", exc)
+                if self._admin is not None:
+                    self._admin.close()
+                    self._admin = None
+                return False
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.close, 5)
+        with self._admin_lock:
+            if self._admin is not None:
+                self._admin.close()

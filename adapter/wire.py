@@ -1,0 +1,234 @@
+"""The wire protocol: how a gRPC call is written into Kafka records, and read back.
+
+This module is the only place that knows header names and encodings; the frontend,
+the handler processes and the tests all go through it. `docs/protocol.md` is its
+prose twin: change both together.
+
+A request record::
+
+    topic   = the method's request topic (see `adapter.routing`)
+    key     = the partition key (or none)
+    value   = the request message, serialized protobuf (no gRPC framing)
+    headers = kafka_correlationId, kafka_replyTopic, kafka_replyPartition,
+              rpc-method, rpc-deadline, rpc-md-<name>...
+
+A reply record::
+
+    topic/partition = the request's kafka_replyTopic / kafka_replyPartition
+    key     = the request's key
+    value   = the response message (empty when the status is not OK)
+    headers = kafka_correlationId (copied byte for byte), rpc-status, rpc-message,
+              rpc-tm-<name>...
+
+Example::
+
+    >>> req = Request(method="/shop.Mail/Send", correlation_id=b"\\x01" * 16,
+    ...               reply_topic="replies", reply_partition=3, payload=b"...")
+    >>> Request.decode(req.encode_headers(), req.payload) == req
+    True
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from adapter.errors import MalformedRecord
+
+Headers = Sequence[tuple[str, bytes]]
+#: gRPC metadata as grpc uses it: text values are ``str``, ``-bin`` values are ``bytes``.
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+# Spring Kafka's names (KafkaHeaders), so ReplyingKafkaTemplate peers interoperate.
+CORRELATION_ID = "kafka_correlationId"
+REPLY_TOPIC = "kafka_replyTopic"
+REPLY_PARTITION = "kafka_replyPartition"
+# Ours.
+METHOD = "rpc-method"
+DEADLINE = "rpc-deadline"
+STATUS = "rpc-status"
+MESSAGE = "rpc-message"
+METADATA_PREFIX = "rpc-md-"
+TRAILER_PREFIX = "rpc-tm-"
+
+#: Metadata keys that describe the HTTP/2 transport of one hop, not the call itself.
+_HOP_METADATA = frozenset(
+    {"grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "content-type", "te"}
+)
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_INT32 = struct.Struct(">i")
+
+
+def new_correlation_id() -> bytes:
+    """A fresh 16-byte correlation id (the same bytes as Spring's binary UUID)."""
+    return uuid.uuid4().bytes
+
+
+def status_code(value: int) -> grpc.StatusCode:
+    """The `grpc.StatusCode` for a numeric code; unknown numbers map to UNKNOWN."""
+    return _CODES.get(value, grpc.StatusCode.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One gRPC request as carried by a Kafka record."""
+
+    method: str
+    correlation_id: bytes
+    reply_topic: str | None
+    reply_partition: int | None = None
+    #: Absolute deadline, seconds since the epoch (wall clock), or None.
+    deadline: float | None = None
+    metadata: Metadata = ()
+    payload: bytes = b""
+
+    def encode_headers(self) -> list[tuple[str, bytes]]:
+        """The Kafka headers for this request (the value is `payload`)."""
+        headers = [(CORRELATION_ID, self.correlation_id), (METHOD, self.method.encode())]
+        if self.reply_topic is not None:
+            headers.append((REPLY_TOPIC, self.reply_topic.encode()))
+        if self.reply_partition is not None:
+            headers.append((REPLY_PARTITION, _INT32.pack(self.reply_partition)))
+        if self.deadline is not None:
+            headers.append((DEADLINE, str(round(self.deadline * 1000)).encode()))
+        headers.extend(_encode_metadata(METADATA_PREFIX, self.metadata))
+        return headers
+
+    @classmethod
+    def decode(cls, headers: Headers | None, value: bytes | None) -> Request:
+        """Read a request record. Raises `MalformedRecord` naming the bad header.
+
+        Without `rpc-method` the method is ``""``: the caller decides what that means
+        (a plain Spring requester does not send it).
+        """
+        last = _last_values(headers)
+        correlation_id = last.get(CORRELATION_ID)
+        if not correlation_id:
+            raise MalformedRecord(f"missing {CORRELATION_ID} header")
+        reply_partition = None
+        if REPLY_PARTITION in last:
+            raw = last[REPLY_PARTITION]
+            if len(raw) != 4:
+                raise MalformedRecord(f"{REPLY_PARTITION} must be a 4-byte big-endian int")
+            reply_partition = _INT32.unpack(raw)[0]
+        deadline = None
+        if DEADLINE in last:
+            try:
+                deadline = int(last[DEADLINE].decode("ascii")) / 1000
+            except (UnicodeDecodeError, ValueError):
+                raise MalformedRecord(f"{DEADLINE} must be decimal epoch milliseconds") from None
+        return cls(
+            method=_text(last, METHOD) or "",
+            correlation_id=correlation_id,
+            reply_topic=_text(last, REPLY_TOPIC),
+            reply_partition=reply_partition,
+            deadline=deadline,
+            metadata=_decode_metadata(METADATA_PREFIX, headers),
+            payload=value or b"",
+        )
+
+    def time_remaining(self, now: float | None = None) -> float | None:
+        """Seconds until the deadline (negative once passed), or None without one."""
+        if self.deadline is None:
+            return None
+        return self.deadline - (time.time() if now is None else now)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The outcome of one call as carried by a Kafka record."""
+
+    correlation_id: bytes
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+    trailing_metadata: Metadata = ()
+    payload: bytes = b""
+
+    def encode_headers(self) -> list[tuple[str, bytes]]:
+        """The Kafka headers for this reply (the value is `payload`)."""
+        headers = [(CORRELATION_ID, self.correlation_id), (STATUS, str(self.code.value[0]).encode())]
+        if self.message:
+            headers.append((MESSAGE, self.message.encode()))
+        headers.extend(_encode_metadata(TRAILER_PREFIX, self.trailing_metadata))
+        return headers
+
+    @classmethod
+    def decode(cls, headers: Headers | None, value: bytes | None) -> Reply:
+        """Read a reply record. A reply without `rpc-status` is OK (a Spring replier)."""
+        last = _last_values(headers)
+        correlation_id = last.get(CORRELATION_ID)
+        if not correlation_id:
+            raise MalformedRecord(f"missing {CORRELATION_ID} header")
+        code = grpc.StatusCode.OK
+        if STATUS in last:
+            try:
+                code = status_code(int(last[STATUS].decode("ascii")))
+            except (UnicodeDecodeError, ValueError):
+                raise MalformedRecord(f"{STATUS} must be a decimal gRPC status code") from None
+        return cls(
+            correlation_id=correlation_id,
+            code=code,
+            message=_text(last, MESSAGE) or "",
+            trailing_metadata=_decode_metadata(TRAILER_PREFIX, headers),
+            payload=value or b"",
+        )
+
+
+def correlation_id_of(headers: Headers | None) -> bytes | None:
+    """The correlation id of any record (last header wins), without decoding the rest."""
+    found = None
+    for name, value in headers or ():
+        if name == CORRELATION_ID:
+            found = value
+    return found
+
+
+def call_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Metadata:
+    """The metadata of an incoming gRPC call that belongs to the call, not to the hop."""
+    return tuple(
+        (key, value)
+        for key, value in metadata or ()
+        if not key.startswith(":") and key not in _HOP_METADATA
+    )
+
+
+def _encode_metadata(prefix: str, metadata: Metadata) -> Iterable[tuple[str, bytes]]:
+    for key, value in metadata:
+        yield prefix + key, value if isinstance(value, bytes) else value.encode()
+
+
+def _decode_metadata(prefix: str, headers: Headers | None) -> Metadata:
+    out: list[tuple[str, str | bytes]] = []
+    for name, value in headers or ():
+        if not name.startswith(prefix):
+            continue
+        key = name[len(prefix) :]
+        if not key:
+            raise MalformedRecord(f"empty metadata key in header {name!r}")
+        if key.endswith("-bin"):
+            out.append((key, bytes(value)))
+        else:
+            try:
+                out.append((key, bytes(value).decode()))
+            except UnicodeDecodeError:
+                raise MalformedRecord(f"header {name!r} is not UTF-8 (binary keys end in -bin)") from None
+    return tuple(out)
+
+
+def _last_values(headers: Headers | None) -> dict[str, bytes]:
+    # Kafka allows repeated headers; like Spring, the last one of a name wins.
+    return {name: bytes(value) if value is not None else b"" for name, value in headers or ()}
+
+
+def _text(last: dict[str, bytes], name: str) -> str | None:
+    if name not in last:
+        return None
+    try:
+        return last[name].decode()
+    except UnicodeDecodeError:
+        raise MalformedRecord(f"{name} header is not UTF-8") from None

@@ -1,0 +1,1 @@
+"""Example services served by `make run`."""

@@ -1,0 +1,67 @@
+"""`python -m handlers`: a handler process serving servicers over Kafka."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from adapter.cli import add_kafka_arguments, env, kafka_config, run, setup_logging
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m handlers",
+        description="Consume the request topics of the given services in a consumer group, run the "
+        "handler functions and reply over Kafka. Start more processes to scale out.",
+    )
+    parser.add_argument("targets", nargs="+", metavar="MODULE:ATTR",
+                        help="a generated *Servicer subclass or instance, or a handlers.ServiceRegistry")
+    parser.add_argument("--group", default=env("KAFKA_RPC_GROUP", "kafka-rpc-handlers"),
+                        help="consumer group shared by the processes serving these services (default %(default)s)")
+    parser.add_argument("--concurrency", type=int, default=int(env("KAFKA_RPC_CONCURRENCY", "16")),
+                        help="handler functions running at once (default %(default)s)")
+    parser.add_argument("--max-pending", type=int, default=None,
+                        help="records held before fetching pauses (default 16 x concurrency)")
+    parser.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="seconds to finish calls in progress at shutdown (default %(default)s)")
+    add_kafka_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    setup_logging(args.log_level, "handlers")
+
+    async def serve(stop: asyncio.Event) -> None:
+        from adapter.config import WorkerConfig
+        from adapter.routing import routes_for
+        from handlers.registry import collect, load_target
+        from handlers.worker import Worker
+
+        config = WorkerConfig(
+            kafka=kafka_config(args),
+            group=args.group,
+            concurrency=args.concurrency,
+            max_pending=args.max_pending or 16 * args.concurrency,
+            drain_timeout=args.drain_timeout,
+        )
+        methods, services = collect(load_target(t) for t in args.targets)
+        worker = Worker(config, methods, routes_for(services))
+        ready = asyncio.Event()
+
+        async def announce() -> None:
+            await ready.wait()
+            print(f"handlers: serving {len(methods)} methods from {', '.join(worker.topics)}", flush=True)
+
+        announcer = asyncio.create_task(announce())
+        await worker.run(stop, ready)
+        announcer.cancel()
+        logging.getLogger("handlers").info("stopped after %d replies", worker.replied)
+
+    return run(serve, "handlers")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

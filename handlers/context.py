@@ -1,0 +1,138 @@
+"""`HandlerContext`: what a servicer's ``context`` argument offers in a handler process.
+
+It behaves like ``grpc.ServicerContext`` for what handlers use, so a servicer written
+for ``grpc.server`` runs unchanged. `abort` raises at once, so both ``context.abort(...)``
+and ``await context.abort(...)`` work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import grpc
+
+from adapter import wire
+
+log = logging.getLogger(__name__)
+
+
+class Abort(Exception):
+    """Raised by `HandlerContext.abort`; carries nothing, the context holds the status."""
+
+
+class HandlerContext:
+    """The context of one call being handled."""
+
+    def __init__(self, request: wire.Request, peer: str) -> None:
+        self._request = request
+        self._peer = peer
+        self._code: grpc.StatusCode | None = None
+        self._details: str | None = None
+        self._trailing: wire.Metadata = ()
+        self._callbacks: list[Callable[[], None]] = []
+        self._cancelled = False
+        self.aborted = False
+
+    # Reading the call.
+    def invocation_metadata(self) -> wire.Metadata:
+        return self._request.metadata
+
+    def time_remaining(self) -> float | None:
+        remaining = self._request.time_remaining()
+        return None if remaining is None else max(0.0, remaining)
+
+    def is_active(self) -> bool:
+        remaining = self._request.time_remaining()
+        return not self._cancelled and (remaining is None or remaining > 0)
+
+    def peer(self) -> str:
+        """Where the call came from: ``kafka:TOPIC/PARTITION@OFFSET``."""
+        return self._peer
+
+    def method(self) -> str:
+        return self._request.method
+
+    # Ending the call.
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        if code is grpc.StatusCode.OK:
+            log.error("abort() called with code OK; using UNKNOWN as grpc does")
+            code = grpc.StatusCode.UNKNOWN
+        self._code, self._details, self.aborted = code, details, True
+        raise Abort()
+
+    def abort_with_status(self, status: Any) -> NoReturn:
+        """Abort with a ``grpc.Status`` (e.g. from ``grpc_status.rpc_status.to_status``)."""
+        self.set_trailing_metadata(tuple(status.trailing_metadata or ()))
+        self.abort(status.code, status.details)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def details(self) -> str | None:
+        return self._details
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self._trailing = tuple((k, v) for k, v in metadata)
+
+    def trailing_metadata(self) -> wire.Metadata:
+        return self._trailing
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        """Run `callback` when the call ends (after its reply is produced)."""
+        self._callbacks.append(callback)
+        return True
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    # Accepted for compatibility; they have no meaning over Kafka.
+    def send_initial_metadata(self, metadata: Any) -> None:
+        log.debug("initial metadata is not carried over Kafka; ignored")
+
+    def set_compression(self, compression: Any) -> None:
+        pass
+
+    def disable_next_message_compression(self) -> None:
+        pass
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def peer_identities(self) -> None:
+        return None
+
+    def peer_identity_key(self) -> None:
+        return None
+
+    def run_callbacks(self) -> None:
+        for callback in self._callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("callback of %s failed", self._request.method)
+
+    def reply(self, payload: bytes | None, error: BaseException | None = None) -> wire.Reply:
+        """The reply for this call, following grpc's rules for codes set, aborts and errors."""
+        code, details = self._code, self._details
+        if error is not None and not self.aborted:
+            code = code or grpc.StatusCode.UNKNOWN
+            details = details if details is not None else f"Exception calling application: {error}"
+        elif payload is None and (code is None or code is grpc.StatusCode.OK):
+            code, details = grpc.StatusCode.INTERNAL, "handler returned no response message"
+        code = code or grpc.StatusCode.OK
+        return wire.Reply(
+            correlation_id=self._request.correlation_id,
+            code=code,
+            message=details or "",
+            trailing_metadata=self._trailing,
+            payload=payload if code is grpc.StatusCode.OK and payload is not None else b"",
+        )

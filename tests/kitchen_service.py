@@ -1,0 +1,76 @@
+"""The Kitchen servicer the tests run in real handler processes: a mix of def and async def."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import grpc
+from google.protobuf import any_pb2, empty_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
+
+
+class Kitchen(kitchen_pb2_grpc.KitchenServicer):
+    def Echo(self, request, context):
+        return request
+
+    async def AsyncEcho(self, request, context):
+        await asyncio.sleep(0)
+        return request
+
+    def Nothing(self, request, context):
+        return empty_pb2.Empty()
+
+    def Fail(self, request, context):
+        code = _code(request.code)
+        if request.mode == kitchen_pb2.FailRequest.ABORT:
+            context.abort(code, request.message)
+        if request.mode == kitchen_pb2.FailRequest.SET_CODE:
+            context.set_code(code)
+            context.set_details(request.message)
+            return None
+        if request.mode == kitchen_pb2.FailRequest.RICH:
+            detail = any_pb2.Any()
+            detail.Pack(error_details_pb2.BadRequest(field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field="message", description=request.message)
+            ]))
+            status = status_pb2.Status(code=code.value[0], message=request.message, details=[detail])
+            context.abort_with_status(rpc_status.to_status(status))
+        raise RuntimeError(request.message)
+
+    async def Sleep(self, request, context):
+        remaining = context.time_remaining()
+        await asyncio.sleep(request.seconds)
+        return kitchen_pb2.SleepReply(
+            time_remaining=-1 if remaining is None else remaining, active_after=context.is_active()
+        )
+
+    def Meta(self, request, context):
+        reply = kitchen_pb2.MetaReply()
+        for key, value in context.invocation_metadata():
+            if key.endswith("-bin"):
+                reply.binary[key] = value
+            else:
+                reply.text[key] = value
+        context.set_trailing_metadata((("x-handled-by", str(os.getpid())), ("x-trace-bin", b"\x00\xff\x10")))
+        return reply
+
+    def Whoami(self, request, context):
+        time.sleep(0.005)
+        return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
+
+    def Keyed(self, request, context):
+        return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
+
+
+def _code(number: int) -> grpc.StatusCode:
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+assert code_pb2  # google.rpc.code is imported so its descriptors are in the pool for rich details
