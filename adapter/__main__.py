@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException:
             await gateway.stop(0)
             raise
-        print(f"adapter: serving on {config.listen}", flush=True)
+        print(f"adapter: serving on {config.listen.rsplit(':', 1)[0]}:{gateway.port}", flush=True)
         await stop.wait()
         log.info("draining calls in flight (up to %gs)", args.grace)
         await gateway.stop(args.grace)

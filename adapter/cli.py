@@ -29,6 +29,8 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Kafka client id (default %(default)s)")
     group.add_argument("--topic-partitions", type=int, default=int(env("KAFKA_RPC_TOPIC_PARTITIONS", "8")),
                        help="partitions of request topics created when missing (default %(default)s)")
+    group.add_argument("--topic-prefix", default=env("KAFKA_RPC_TOPIC_PREFIX", ""),
+                       help="prepended to every request topic name (env KAFKA_RPC_TOPIC_PREFIX)")
     group.add_argument("--no-create-topics", action="store_true",
                        help="fail, naming the topic, instead of creating missing topics")
     group.add_argument("--max-message-bytes", type=int, default=4 * MiB,
@@ -42,6 +44,7 @@ def kafka_config(args: argparse.Namespace) -> KafkaConfig:
         bootstrap_servers=tuple(s.strip() for s in args.bootstrap_servers.split(",") if s.strip()),
         client_id=args.client_id,
         topic_partitions=args.topic_partitions,
+        topic_prefix=args.topic_prefix,
         create_topics=not args.no_create_topics,
         max_message_bytes=args.max_message_bytes,
     )

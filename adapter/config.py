@@ -44,6 +44,8 @@ class KafkaConfig:
     create_topics: bool = True
     #: Largest request or response message; Kafka topics we create accept it.
     max_message_bytes: int = 4 * MiB
+    #: Prepended to every request topic name (environments, test isolation).
+    topic_prefix: str = ""
     #: Extra kafka-python client settings passed through (security_protocol, sasl_*, ssl_*...).
     client_options: Mapping[str, Any] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from google.protobuf.message import DecodeError
 
 from adapter import wire
@@ -44,7 +44,7 @@ class Gateway:
     def __init__(self, config: FrontendConfig, protos: ProtoSet, transport: Transport | None = None) -> None:
         self.config = config
         self.protos = protos
-        self.routes = routes_for(protos.services)
+        self.routes = routes_for(protos.services, config.kafka.topic_prefix)
         transport = transport or KafkaTransport(config, {r.topic for r in self.routes.values()})
         self.requester = Requester(transport, config.default_timeout)
         self.health = HealthServicer()
@@ -63,6 +63,8 @@ class Gateway:
         server.add_generic_rpc_handlers(self._handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [s.full_name for s in self.protos.services]
+        self.protos.include(health_pb2.DESCRIPTOR)
+        self.protos.include(reflection_pb2.DESCRIPTOR)
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 
 from adapter.errors import ProtoError
 
@@ -54,6 +54,17 @@ class ProtoSet:
             for svc in proto.service
         )
         return cls(pool=pool, services=services)
+
+    def include(self, file: FileDescriptor) -> None:
+        """Add a compiled-in file (and its imports) to the pool, e.g. for reflection."""
+        try:
+            self.pool.FindFileByName(file.name)
+            return
+        except KeyError:
+            pass
+        for dependency in file.dependencies:
+            self.include(dependency)
+        self.pool.Add(descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb))
 
 
 def _compile(roots: Sequence[Path], names: list[str]) -> descriptor_pb2.FileDescriptorSet:

@@ -58,14 +58,14 @@ def method_path(method: MethodDescriptor) -> str:
     return f"/{method.containing_service.full_name}/{method.name}"
 
 
-def routes_for(services: Iterable[ServiceDescriptor]) -> dict[str, Route]:
+def routes_for(services: Iterable[ServiceDescriptor], topic_prefix: str = "") -> dict[str, Route]:
     """The route of every method of `services`, keyed by method path."""
     routes: dict[str, Route] = {}
     for service in services:
         service_topic = _option(service, "ServiceOptions", _SERVICE_TOPIC) or service.full_name
         for method in service.methods:
             path = method_path(method)
-            topic = _option(method, "MethodOptions", _METHOD_TOPIC) or service_topic
+            topic = topic_prefix + (_option(method, "MethodOptions", _METHOD_TOPIC) or service_topic)
             check_topic(topic, f"topic of {path}")
             routes[path] = Route(
                 path=path,

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             drain_timeout=args.drain_timeout,
         )
         methods, services = collect(load_target(t) for t in args.targets)
-        worker = Worker(config, methods, routes_for(services))
+        worker = Worker(config, methods, routes_for(services, config.kafka.topic_prefix))
         ready = asyncio.Event()
 
         async def announce() -> None:

@@ -1,0 +1,49 @@
+"""Session fixtures: a real Kafka broker (started through kafka/broker.sh when none answers)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _reachable(address: str) -> bool:
+    host, _, port = address.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """Bootstrap address of a real broker: KAFKA_BOOTSTRAP_SERVERS, or the local one (started if needed)."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        return external
+    address = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '9092')}"
+    if not _reachable(address):
+        subprocess.run(["bash", str(REPO / "kafka" / "broker.sh"), "up"], check=True)
+    return address
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh topic prefix, so each test (or module) gets its own topics and groups."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    """Path to grpcurl, installed from the Go module proxy by `make tools` when missing."""
+    path = REPO / ".tools" / "bin" / "grpcurl"
+    if not path.exists():
+        subprocess.run(["make", "-s", "-C", str(REPO), "tools"], check=True)
+    return str(path)

@@ -1,0 +1,90 @@
+"""Real processes for tests: the frontend and handler processes, started and stopped cleanly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "gen"), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """A child process whose output goes to a log file that tests can wait on."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log = log
+        self._out = log.open("wb")
+        self.popen = subprocess.Popen(args, cwd=REPO, env=env or child_env(), stdout=self._out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            match = regex.search(self.output())
+            if match:
+                return match
+            if self.popen.poll() is not None:
+                raise AssertionError(f"{self.args[2]} exited with {self.popen.returncode}:\n{self.output()}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {pattern!r} from {' '.join(self.args)}:\n{self.output()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._out.close()
+        return self.popen.returncode
+
+
+def frontend(log: Path, bootstrap: str, prefix: str, *extra: str, reply_topic: str | None = None) -> tuple[Proc, str]:
+    """Start `python -m adapter` on a free port; return it and its address."""
+    proc = Proc(
+        [sys.executable, "-m", "adapter", "--proto-path", "protos", "--listen", "127.0.0.1:0",
+         "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
+         "--reply-topic", reply_topic or f"{prefix}replies", "--reply-partitions", "4",
+         "--topic-partitions", "4", *extra],
+        log,
+    )
+    address = proc.wait_for(r"serving on (\S+)").group(1)
+    return proc, address
+
+
+HANDLER_TARGETS = ["tests.kitchen_service:Kitchen", "examples.shop.mail:MailService", "examples.shop.coupon:CouponService"]
+
+
+def handler(log: Path, bootstrap: str, prefix: str, *extra: str, env: dict[str, str] | None = None,
+            targets: list[str] | None = None) -> Proc:
+    """Start `python -m handlers` and wait until it has subscribed."""
+    proc = Proc(
+        [sys.executable, "-m", "handlers", *(targets or HANDLER_TARGETS), "--bootstrap-servers", bootstrap,
+         "--topic-prefix", prefix, "--group", f"{prefix}handlers", "--topic-partitions", "4", *extra],
+        log,
+        env=child_env(**(env or {})),
+    )
+    proc.wait_for(r"handlers: serving")
+    return proc
