@@ -46,7 +46,7 @@ async def serve_in_memory(*targets: object, default_timeout: float = 5.0) -> Asy
     dispatcher = Dispatcher(methods)
     offsets = itertools.count()
 
-    async def serve(topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> ReplyRecord | None:
+    async def serve(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:
         # What handlers.worker does with each record, minus Kafka.
         request = wire.Request.decode(headers, value)
         reply = await dispatcher.handle(request, peer=f"memory:{topic}/0@{next(offsets)}")

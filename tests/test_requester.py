@@ -1,0 +1,4 @@
+import adapter.requester
+
+def test_x():
+    assert adapter.requester
