@@ -1,0 +1,102 @@
+"""OffsetTracker (handlers.offsets): commit only past the longest replied prefix."""
+
+from __future__ import annotations
+
+from handlers.offsets import OffsetTracker
+
+T = "requests"
+
+
+def tracker_with(*offsets: int, partition: int = 0) -> OffsetTracker:
+    tracker = OffsetTracker()
+    for offset in offsets:
+        tracker.add(T, partition, offset)
+    return tracker
+
+
+def test_nothing_to_commit_before_anything_is_done() -> None:
+    tracker = tracker_with(10, 11)
+    assert tracker.committable() == {}
+    assert tracker.pending == 2
+
+
+def test_in_order_completion() -> None:
+    tracker = tracker_with(10, 11, 12)
+    tracker.done(T, 0, 10)
+    assert tracker.committable() == {(T, 0): 11}
+    tracker.done(T, 0, 11)
+    assert tracker.committable() == {(T, 0): 12}
+    tracker.done(T, 0, 12)
+    assert tracker.committable() == {(T, 0): 13}
+    assert tracker.pending == 0
+
+
+def test_out_of_order_completion_waits_for_the_gap() -> None:
+    tracker = tracker_with(10, 11, 12, 13)
+    tracker.done(T, 0, 12)
+    tracker.done(T, 0, 11)
+    assert tracker.committable() == {}  # 10 is still being handled
+    assert tracker.pending == 4
+    tracker.done(T, 0, 10)
+    assert tracker.committable() == {(T, 0): 13}
+    assert tracker.pending == 1
+    tracker.done(T, 0, 13)
+    assert tracker.committable() == {(T, 0): 14}
+
+
+def test_offsets_with_gaps_between_them() -> None:
+    # Compacted topics and transaction markers leave holes in the offsets.
+    tracker = tracker_with(3, 7, 20)
+    tracker.done(T, 0, 7)
+    tracker.done(T, 0, 3)
+    assert tracker.committable() == {(T, 0): 8}
+
+
+def test_committable_is_not_repeated_after_committed() -> None:
+    tracker = tracker_with(0, 1)
+    tracker.done(T, 0, 0)
+    offsets = tracker.committable()
+    assert offsets == {(T, 0): 1}
+    tracker.committed(offsets)
+    assert tracker.committable() == {}
+    tracker.done(T, 0, 1)
+    assert tracker.committable() == {(T, 0): 2}
+
+
+def test_partitions_are_independent_and_can_be_filtered() -> None:
+    tracker = OffsetTracker()
+    for partition in (0, 1):
+        for offset in (5, 6):
+            tracker.add(T, partition, offset)
+    tracker.add("other", 0, 5)
+    tracker.done(T, 0, 5)
+    tracker.done(T, 1, 6)
+    tracker.done("other", 0, 5)
+    assert tracker.committable() == {(T, 0): 6, ("other", 0): 6}
+    assert tracker.committable({(T, 0), (T, 1)}) == {(T, 0): 6}
+    assert tracker.pending == 3
+
+
+def test_forget_on_revocation() -> None:
+    tracker = tracker_with(0, 1)
+    tracker.add(T, 1, 0)
+    tracker.done(T, 0, 0)
+    tracker.done(T, 1, 0)
+    tracker.forget({(T, 0)})
+    assert tracker.committable() == {(T, 1): 1}
+    assert tracker.pending == 0
+    # A handler finishing after the revocation must not resurrect the partition.
+    tracker.done(T, 0, 1)
+    assert tracker.committable() == {(T, 1): 1}
+    assert tracker.pending == 0
+
+
+def test_partition_assigned_again_starts_afresh() -> None:
+    tracker = tracker_with(0, 1)
+    tracker.done(T, 0, 0)
+    tracker.committed(tracker.committable())
+    tracker.forget({(T, 0)})
+    tracker.add(T, 0, 1)  # redelivered: offset 1 was never committed
+    assert tracker.committable() == {}
+    tracker.done(T, 0, 1)
+    assert tracker.committable() == {(T, 0): 2}
