@@ -57,7 +57,7 @@ check: install
 lint: check
 
 bench: proto kafka-up
-	@echo "benchmarks are not written yet (see the performance issue)"; exit 1
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf gen .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from adapter.config import MiB, KafkaConfig
+from adapter.config import KafkaConfig, MiB
 from adapter.errors import KafkaRpcError
 
 

@@ -17,10 +17,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-from google.protobuf.message import DecodeError
 
 from adapter import wire
 from adapter.config import FrontendConfig
@@ -100,7 +100,7 @@ class Gateway:
 
     def _method_handler(self, route: Route) -> grpc.RpcMethodHandler:
         if route.client_streaming or route.server_streaming:
-            return grpc.unary_unary_rpc_method_handler(_unimplemented_streaming)  # type: ignore[arg-type]
+            return grpc.stream_stream_rpc_method_handler(_unimplemented_streaming)
         # No (de)serializers: the frontend passes protobuf bytes through.
         return grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, route))
 
@@ -144,6 +144,5 @@ class Gateway:
                 serving = ok
 
 
-async def _unimplemented_streaming(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+async def _unimplemented_streaming(requests: object, context: grpc.aio.ServicerContext) -> None:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming methods are not carried over Kafka yet")
-    raise AssertionError("unreachable")

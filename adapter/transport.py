@@ -10,15 +10,14 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
-
-from kafka import KafkaAdminClient
+from typing import Any, Protocol
 
 from adapter import wire
 from adapter.config import FrontendConfig
 from adapter.errors import TransportError
 from adapter.kafka import client_settings, ensure_topics, make_producer, translated
 from adapter.replies import OnPartitions, OnReplies, ReplyListener
+from kafka import KafkaAdminClient
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ class KafkaTransport:
         self._config = config
         self._request_topics = request_topics
         self.reply_topic = config.reply_topic
-        self._producer = None
+        self._producer: Any = None
         self._listener: ReplyListener | None = None
         self._admin: KafkaAdminClient | None = None
         self._admin_lock = threading.Lock()

@@ -8,7 +8,6 @@ and ``await context.abort(...)`` work.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 

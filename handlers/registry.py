@@ -141,7 +141,7 @@ def _find_adder(cls: type) -> Callable[[Any, Any], None]:
         module = importlib.import_module(base.__module__)
         adder = getattr(module, f"add_{base.__name__}_to_server", None)
         if adder is not None:
-            return adder  # type: ignore[no-any-return]
+            return adder
     raise ConfigError(
         f"{cls.__qualname__} is not a generated *Servicer subclass (no add_*_to_server found in its bases)"
     )

@@ -16,7 +16,6 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -28,6 +27,7 @@ from adapter.routing import Route
 from handlers.dispatcher import Dispatcher
 from handlers.offsets import OffsetTracker, Partition
 from handlers.registry import Method
+from kafka import ConsumerRebalanceListener, TopicPartition
 
 log = logging.getLogger(__name__)
 

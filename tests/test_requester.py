@@ -1,4 +1,328 @@
-import adapter.requester
+"""The request/reply core (adapter.requester) over the in-memory transport (adapter.memory)."""
 
-def test_x():
-    assert adapter.requester
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from adapter import wire
+from adapter.errors import CallError, CallTimeout, TransportError
+from adapter.memory import MemoryTransport, ReplyRecord
+from adapter.replies import OnPartitions, OnReplies
+from adapter.requester import Requester
+from adapter.transport import OnError
+
+METHOD = "/pkg.Svc/Do"
+
+
+def reply_to(headers: wire.Headers, value: bytes, **fields: Any) -> ReplyRecord:
+    request = wire.Request.decode(headers, value)
+    reply = wire.Reply(correlation_id=request.correlation_id, **{"payload": value, **fields})
+    return reply.encode_headers(), reply.payload
+
+
+async def echo(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:
+    return reply_to(headers, value)
+
+
+async def started(serve: Callable[..., Awaitable[ReplyRecord | None]],
+                  default_timeout: float = 5.0) -> tuple[Requester, MemoryTransport]:
+    transport = MemoryTransport(serve)
+    requester = Requester(transport, default_timeout)
+    await requester.start(timeout=1.0)
+    return requester, transport
+
+
+def test_echo_and_the_request_record() -> None:
+    seen: list[tuple[str, bytes | None, wire.Request, float]] = []
+
+    async def serve(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:
+        seen.append((topic, key, wire.Request.decode(headers, value), time.time()))
+        return reply_to(headers, value, trailing_metadata=(("x-t", "1"),))
+
+    async def run() -> wire.Reply:
+        requester, transport = await started(serve)
+        reply = await requester.call(METHOD, b"payload", topic="pkg.Svc", key=b"k1",
+                                     metadata=(("x-user", "a"), ("x-b-bin", b"\x00")), timeout=7.0)
+        assert (requester.counters.sent, requester.counters.replied, requester.in_flight) == (1, 1, 0)
+        assert requester.ready and await requester.transport_healthy()
+        await requester.stop()
+        assert not await transport.healthy()
+        return reply
+
+    reply = asyncio.run(run())
+    assert (reply.code, reply.payload, reply.trailing_metadata) == (grpc.StatusCode.OK, b"payload", (("x-t", "1"),))
+    [(topic, key, request, at)] = seen
+    assert (topic, key, request.method, request.payload) == ("pkg.Svc", b"k1", METHOD, b"payload")
+    assert (request.reply_topic, request.reply_partition) == ("memory.replies", 0)
+    assert request.metadata == (("x-user", "a"), ("x-b-bin", b"\x00"))
+    assert request.deadline is not None and 6.5 < request.deadline - at <= 7.0
+    assert len(request.correlation_id) == 16
+
+
+def test_200_concurrent_calls_get_their_own_replies() -> None:
+    async def shuffled_echo(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord:
+        await asyncio.sleep(random.random() / 100)  # replies come back in another order
+        return reply_to(headers, value)
+
+    async def run() -> tuple[list[bytes], Requester]:
+        requester, _ = await started(shuffled_echo)
+        payloads = [f"call {i}".encode() for i in range(200)]
+        replies = await asyncio.gather(*(requester.call(METHOD, p, topic="t") for p in payloads))
+        await requester.stop()
+        return [r.payload for r in replies], requester
+
+    got, requester = asyncio.run(run())
+    assert got == [f"call {i}".encode() for i in range(200)]
+    counters = requester.counters
+    assert (counters.sent, counters.replied, counters.dropped, counters.timed_out) == (200, 200, 0, 0)
+
+
+def test_no_reply_times_out_and_a_late_reply_is_dropped() -> None:
+    late_reply_sent = asyncio.Event
+
+    async def run() -> tuple[wire.Reply, Requester, float]:
+        delivered = late_reply_sent()
+
+        async def serve(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:
+            if value == b"slow":
+                await asyncio.sleep(0.2)
+                asyncio.get_running_loop().call_soon(delivered.set)  # after on_replies has run
+                return reply_to(headers, b"late reply for the slow call")
+            await delivered.wait()
+            return reply_to(headers, value)
+
+        requester, _ = await started(serve)
+        began = time.monotonic()
+        with pytest.raises(CallTimeout) as timed_out:
+            await requester.call(METHOD, b"slow", topic="t", timeout=0.05)
+        elapsed = time.monotonic() - began
+        assert timed_out.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "'t'" in timed_out.value.details
+        other = await requester.call(METHOD, b"other", topic="t")
+        await asyncio.sleep(0.01)
+        await requester.stop()
+        return other, requester, elapsed
+
+    other, requester, elapsed = asyncio.run(run())
+    assert elapsed < 0.15
+    assert other.payload == b"other"
+    counters = requester.counters
+    assert (counters.timed_out, counters.dropped, counters.replied) == (1, 1, 1)
+
+
+def test_default_timeout_applies_without_a_timeout() -> None:
+    async def never(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> None:
+        await asyncio.sleep(10)
+
+    async def run() -> None:
+        requester, _ = await started(never, default_timeout=0.05)
+        with pytest.raises(CallTimeout):
+            await asyncio.wait_for(requester.call(METHOD, b"", topic="t"), 1.0)
+        await requester.stop()
+
+    asyncio.run(run())
+
+
+def test_unknown_correlation_id_is_dropped_and_counted() -> None:
+    async def stranger(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord:
+        reply = wire.Reply(correlation_id=wire.new_correlation_id(), payload=b"not yours")
+        return reply.encode_headers(), reply.payload
+
+    async def run() -> Requester:
+        requester, _ = await started(stranger)
+        with pytest.raises(CallTimeout):
+            await requester.call(METHOD, b"", topic="t", timeout=0.1)
+        await requester.stop()
+        return requester
+
+    counters = asyncio.run(run()).counters
+    assert (counters.dropped, counters.replied, counters.timed_out) == (1, 0, 1)
+
+
+def test_malformed_reply_is_dropped_by_the_transport() -> None:
+    async def garbage(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord:
+        return [(wire.STATUS, b"0")], b"no correlation id"
+
+    async def run() -> tuple[Requester, MemoryTransport]:
+        requester, transport = await started(garbage)
+        with pytest.raises(CallTimeout):
+            await requester.call(METHOD, b"", topic="t", timeout=0.1)
+        await requester.stop()
+        return requester, transport
+
+    requester, transport = asyncio.run(run())
+    assert transport.malformed == 1
+    assert requester.counters.dropped == 0
+
+
+@pytest.mark.parametrize("error", [TransportError("broker says no"), RuntimeError("broker says no")])
+def test_send_error_is_unavailable(error: Exception) -> None:
+    async def refuse(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> None:
+        raise error
+
+    async def run() -> CallError:
+        requester, _ = await started(refuse)
+        began = time.monotonic()
+        with pytest.raises(CallError) as failed:
+            await requester.call(METHOD, b"", topic="t", timeout=5)
+        assert time.monotonic() - began < 1
+        await requester.stop()
+        return failed.value
+
+    failed = asyncio.run(run())
+    assert failed.code is grpc.StatusCode.UNAVAILABLE
+    assert "broker says no" in failed.details
+
+
+class ScriptedTransport:
+    """A Transport whose send() does what a test says, synchronously."""
+
+    reply_topic = "scripted"
+
+    def __init__(self, on_send: Callable[[ScriptedTransport, wire.Request, OnError], None]) -> None:
+        self.on_send = on_send
+        self.on_replies: OnReplies | None = None
+
+    async def start(self, on_replies: OnReplies, on_partitions: OnPartitions) -> None:
+        self.on_replies = on_replies
+        on_partitions(frozenset({3}))
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError) -> None:
+        self.on_send(self, wire.Request.decode(headers, value), on_error)
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def stop(self) -> None:
+        pass
+
+
+def test_send_raising_is_unavailable() -> None:
+    def refuse(transport: ScriptedTransport, request: wire.Request, on_error: OnError) -> None:
+        raise TransportError("producing to t: buffer full")
+
+    async def run() -> None:
+        requester = Requester(ScriptedTransport(refuse))
+        await requester.start(timeout=1)
+        with pytest.raises(CallError, match="buffer full") as failed:
+            await requester.call(METHOD, b"", topic="t")
+        assert failed.value.code is grpc.StatusCode.UNAVAILABLE
+        assert requester.in_flight == 0
+
+    asyncio.run(run())
+
+
+def test_waiter_is_registered_before_send() -> None:
+    requesters: list[Requester] = []
+    in_flight_at_send: list[int] = []
+
+    def reply_at_once(transport: ScriptedTransport, request: wire.Request, on_error: OnError) -> None:
+        in_flight_at_send.append(requesters[0].in_flight)
+        assert transport.on_replies is not None and request.reply_partition == 3
+        transport.on_replies([wire.Reply(request.correlation_id, payload=b"instant " + request.payload)])
+
+    def reply_from_another_thread(transport: ScriptedTransport, request: wire.Request, on_error: OnError) -> None:
+        in_flight_at_send.append(requesters[0].in_flight)
+        assert transport.on_replies is not None
+        thread = threading.Thread(target=transport.on_replies, args=([wire.Reply(request.correlation_id)],))
+        thread.start()
+        thread.join()
+
+    async def run(on_send: Callable[[ScriptedTransport, wire.Request, OnError], None]) -> wire.Reply:
+        requesters[:] = [Requester(ScriptedTransport(on_send))]
+        await requesters[0].start(timeout=1)
+        return await requesters[0].call(METHOD, b"x", topic="t", timeout=1)
+
+    assert asyncio.run(run(reply_at_once)).payload == b"instant x"
+    assert asyncio.run(run(reply_from_another_thread)).code is grpc.StatusCode.OK
+    assert in_flight_at_send == [1, 1]
+
+
+def test_losing_the_reply_partition_fails_its_pending_calls() -> None:
+    async def run() -> None:
+        release = asyncio.Event()
+        partitions: list[int | None] = []
+
+        async def held(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord:
+            partitions.append(wire.Request.decode(headers, value).reply_partition)
+            await release.wait()
+            return reply_to(headers, value)
+
+        requester, transport = await started(held)
+        transport.assign(frozenset({0, 1}))
+        await asyncio.sleep(0)
+        calls = [asyncio.create_task(requester.call(METHOD, bytes([i]), topic="t")) for i in range(4)]
+        await asyncio.sleep(0.01)
+        assert sorted(p for p in partitions if p is not None) == [0, 0, 1, 1]
+        transport.assign(frozenset({0}))
+        await asyncio.sleep(0.01)
+        lost = [c for c, p in zip(calls, partitions, strict=True) if p == 1]
+        kept = [c for c, p in zip(calls, partitions, strict=True) if p == 0]
+        for call in lost:
+            error = call.exception()
+            assert isinstance(error, CallError) and error.code is grpc.StatusCode.UNAVAILABLE
+            assert "reply partition moved" in error.details
+        assert not any(call.done() for call in kept)
+        release.set()
+        assert [r.code for r in await asyncio.gather(*kept)] == [grpc.StatusCode.OK] * 2
+        assert requester.counters.dropped == 2  # the replies of the failed calls
+
+        transport.assign(frozenset())
+        await asyncio.sleep(0)
+        assert not requester.ready
+        with pytest.raises(CallError, match="owns no reply partition") as failed:
+            await requester.call(METHOD, b"", topic="t")
+        assert failed.value.code is grpc.StatusCode.UNAVAILABLE
+        transport.assign(frozenset({5}))
+        await asyncio.sleep(0)
+        assert (await requester.call(METHOD, b"back", topic="t")).payload == b"back"
+        await requester.stop()
+
+    asyncio.run(run())
+
+
+def test_stop_fails_pending_calls() -> None:
+    async def never(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> None:
+        await asyncio.sleep(10)
+
+    async def run() -> None:
+        requester, _ = await started(never)
+        call = asyncio.create_task(requester.call(METHOD, b"", topic="t"))
+        await asyncio.sleep(0.01)
+        await requester.stop()
+        with pytest.raises(CallError, match="shutting down") as failed:
+            await call
+        assert failed.value.code is grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(run())
+
+
+def test_start_without_a_reply_partition_is_a_transport_error() -> None:
+    class Unassigned(ScriptedTransport):
+        async def start(self, on_replies: OnReplies, on_partitions: OnPartitions) -> None:
+            pass
+
+    async def run() -> None:
+        requester = Requester(Unassigned(lambda *_: None))
+        with pytest.raises(TransportError, match="'scripted'"):
+            await requester.start(timeout=0.05)
+        with pytest.raises(CallError, match="owns no reply partition"):
+            await requester.call(METHOD, b"", topic="t")
+
+    asyncio.run(run())
+
+
+def test_memory_transport_send_before_start_is_a_transport_error() -> None:
+    async def run() -> None:
+        with pytest.raises(TransportError, match="not started"):
+            MemoryTransport(echo).send("t", None, b"", [], lambda exc: None)
+
+    asyncio.run(run())
