@@ -54,6 +54,8 @@ def setup_logging(level: str, name: str) -> None:
     logging.basicConfig(level=level, format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s")
     # kafka-python is chatty at INFO about every connection.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # ...and warns of missing partition metadata for every topic created a moment ago.
+    logging.getLogger("kafka.coordinator.assignors").setLevel(logging.ERROR)
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]], name: str) -> int:

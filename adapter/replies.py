@@ -74,7 +74,8 @@ class ReplyListener(ConsumerRebalanceListener):
         lost = {tp.partition for tp in revoked}
         if lost & self._owned:
             self._owned -= lost
-            log.info("reply partitions %s moved to another frontend", sorted(lost))
+            why = "at shutdown" if self._stopping.is_set() else "to another frontend"
+            log.info("reply partitions %s moved %s", sorted(lost), why)
             self._on_partitions(frozenset(self._owned))
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:

@@ -197,6 +197,15 @@ def call_metadata(metadata: Iterable[tuple[str, str | bytes]] | None) -> Metadat
     )
 
 
+def check_metadata(metadata: Metadata) -> None:
+    """Raise `MalformedRecord` for metadata that a receiver could not decode."""
+    for key, value in metadata:
+        if not key:
+            raise MalformedRecord("empty metadata key")
+        if key.endswith("-bin") != isinstance(value, bytes):
+            raise MalformedRecord(f"metadata {key!r}: keys ending in -bin take bytes, other keys take str")
+
+
 def _encode_metadata(prefix: str, metadata: Metadata) -> Iterable[tuple[str, bytes]]:
     for key, value in metadata:
         yield prefix + key, value if isinstance(value, bytes) else value.encode()
@@ -210,11 +219,12 @@ def _decode_metadata(prefix: str, headers: Headers | None) -> Metadata:
         key = name[len(prefix) :]
         if not key:
             raise MalformedRecord(f"empty metadata key in header {name!r}")
+        raw = b"" if value is None else bytes(value)  # Kafka header values may be null
         if key.endswith("-bin"):
-            out.append((key, bytes(value)))
+            out.append((key, raw))
         else:
             try:
-                out.append((key, bytes(value).decode()))
+                out.append((key, raw.decode()))
             except UnicodeDecodeError:
                 raise MalformedRecord(f"header {name!r} is not UTF-8 (binary keys end in -bin)") from None
     return tuple(out)

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import grpc
 
 from adapter import wire
+from adapter.errors import MalformedRecord
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class HandlerContext:
         return self._trailing
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
-        """Run `callback` when the call ends (after its reply is produced)."""
+        """Run `callback` when the handler function has finished (before the reply is produced)."""
         self._callbacks.append(callback)
         return True
 
@@ -128,10 +129,16 @@ class HandlerContext:
         elif payload is None and (code is None or code is grpc.StatusCode.OK):
             code, details = grpc.StatusCode.INTERNAL, "handler returned no response message"
         code = code or grpc.StatusCode.OK
+        trailing = self._trailing
+        try:
+            wire.check_metadata(trailing)
+        except MalformedRecord as exc:
+            # As grpc.server does: a reply the caller could not read becomes INTERNAL.
+            code, details, trailing = grpc.StatusCode.INTERNAL, f"invalid trailing metadata: {exc}", ()
         return wire.Reply(
             correlation_id=self._request.correlation_id,
             code=code,
             message=details or "",
-            trailing_metadata=self._trailing,
+            trailing_metadata=trailing,
             payload=payload if code is grpc.StatusCode.OK and payload is not None else b"",
         )

@@ -104,13 +104,20 @@ def collect(targets: Iterable[object]) -> tuple[dict[str, Method], list[ServiceD
         if isinstance(target, ServiceRegistry):
             found, service = dict(target.methods), [target.service]
         else:
-            found, service = _from_servicer(target() if inspect.isclass(target) else target)
+            found, service = _from_servicer(_instantiate(target) if inspect.isclass(target) else target)
         for path in found:
             if path in methods:
                 raise ConfigError(f"{path} is served by two targets")
         methods.update(found)
         services.extend(service)
     return methods, services
+
+
+def _instantiate(cls: type) -> object:
+    try:
+        return cls()
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__qualname__} cannot be created with no arguments ({exc}); name an instance instead") from exc
 
 
 def _from_servicer(servicer: object) -> tuple[dict[str, Method], list[ServiceDescriptor]]:

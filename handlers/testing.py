@@ -5,7 +5,7 @@ channel for generated ``*Stub`` classes. Each call runs the frontend's request/r
 core (`adapter.requester`), the wire encoding and the handler `Dispatcher`; only
 Kafka is replaced, by `adapter.memory`. Failed calls raise ``grpc.aio.AioRpcError``::
 
-    async with serve_in_memory(MailService) as channel:
+    async with serve_in_memory(MailService(OutboxSender(tmp_path))) as channel:
         stub = mail_pb2_grpc.MailServiceStub(channel)
         reply = await stub.SendMail(mail_pb2.SendMailRequest(user_id="u1", to="a@b.c"))
         assert reply.result == mail_pb2.SENT
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable, Generator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn
 
 import grpc
@@ -103,9 +103,7 @@ class UnaryUnaryMultiCallable:
         self._serialize = serializer or (lambda message: message)
         self._deserialize = deserializer or (lambda data: data)
 
-    def __call__(
-        self, request: Any, *, timeout: float | None = None, metadata: Any = None, **_: Any
-    ) -> Call:
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None, **_: Any) -> Call:
         return Call(self._invoke(request, timeout, wire.call_metadata(tuple(metadata or ()))))
 
     async def _invoke(self, request: Any, timeout: float | None, metadata: wire.Metadata) -> tuple[Any, wire.Reply]:
@@ -158,12 +156,15 @@ class Call:
         return self._task.done()
 
     async def _reply(self) -> wire.Reply:
-        with suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            return (await self._task)[1]
-        error = self._task.exception() if not self._task.cancelled() else None
+        await asyncio.wait([self._task])  # the outcome, without raising it
+        if self._task.cancelled():
+            return wire.Reply(b"", grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+        error = self._task.exception()
         if isinstance(error, grpc.aio.AioRpcError):
             return wire.Reply(b"", error.code(), error.details() or "", tuple(error.trailing_metadata()))
-        return wire.Reply(b"", grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+        if error is not None:
+            raise error
+        return self._task.result()[1]
 
 
 def _raise(code: grpc.StatusCode, details: str, trailing: wire.Metadata = ()) -> NoReturn:

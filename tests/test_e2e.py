@@ -165,7 +165,10 @@ def test_unknown_method_on_request_topic_gets_unimplemented(stack: Stack, kafka_
     request = wire.Request(method="/rpctest.v1.Kitchen/NoSuchMethod", correlation_id=cid, reply_topic=reply_topic)
     producer.send(f"{stack.prefix}rpctest.v1.Kitchen", value=b"", headers=request.encode_headers()).get(10)
     producer.close()
-    replies = [wire.Reply.decode(r.headers, r.value) for r in consumer]
+    replies = []
+    for record in consumer:
+        replies.append(wire.Reply.decode(record.headers, record.value))
+        break
     consumer.close()
     assert replies and replies[0].correlation_id == cid
     assert replies[0].code == grpc.StatusCode.UNIMPLEMENTED
@@ -244,3 +247,36 @@ def test_any_and_struct_survive(stack: Stack) -> None:
     inner = kitchen_pb2.Everything.Inner()
     assert reply.any.Unpack(inner) and inner.name == "packed"
     assert isinstance(reply.any, any_pb2.Any)
+
+
+def test_offsets_are_committed_once_replied(stack: Stack, kafka_bootstrap: str) -> None:
+    import time
+
+    from kafka import KafkaAdminClient
+
+    futures = [stack.kitchen.Whoami.future(empty_pb2.Empty(), timeout=30) for _ in range(40)]
+    assert all(f.result().pid == stack.handler_pid for f in futures)
+    topic = f"{stack.prefix}rpctest.v1.Kitchen"
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        ends = consumer.end_offsets(_partitions(consumer, topic))
+        deadline = time.monotonic() + 15
+        while True:
+            group = f"{stack.prefix}handlers"
+            offsets = admin.list_group_offsets({group: None})[group]
+            committed = {tp: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+            if all(committed.get(tp, 0) == end for tp, end in ends.items()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert sum(ends.values()) >= 40
+        assert {tp: committed.get(tp, 0) for tp in ends} == ends
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def _partitions(consumer: KafkaConsumer, topic: str) -> list:
+    from kafka import TopicPartition
+
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]

@@ -54,8 +54,12 @@ def test_two_frontends_share_one_reply_topic(kafka_bootstrap: str, prefix: str, 
         with ThreadPoolExecutor(2) as pool:
             got_one = pool.submit(hammer, address_one, 0)
             got_two = pool.submit(hammer, address_two, 10_000)
-            assert got_one.result() == list(range(200))
-            assert got_two.result() == list(range(10_000, 10_200))
+            try:
+                assert got_one.result() == list(range(200))
+                assert got_two.result() == list(range(10_000, 10_200))
+            except grpc.RpcError as exc:
+                logs = "\n".join(f"--- {p.args[2]} {p.pid}\n{p.output()[-4000:]}" for p in (one, two, worker))
+                raise AssertionError(f"{exc.code()}: {exc.details()}\n{logs}") from exc
         owned_one = _owned(re.findall(r"reading replies from \S+ partitions \[([\d, ]+)\]", one.output())[-1])
         moved = set()
         for match in re.findall(r"reply partitions \[([\d, ]+)\] moved", one.output()):

@@ -1,0 +1,104 @@
+"""A broker outage, with a private broker this test stops and starts: health, errors, recovery."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rpctest.v1 import kitchen_pb2_grpc
+
+from tests import procs
+
+pytestmark = pytest.mark.kafka
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    def __init__(self, state: Path) -> None:
+        self.port, self.controller = _free_port(), _free_port()
+        self.env = {**os.environ, "KAFKA_STATE_DIR": str(state), "KAFKA_PORT": str(self.port),
+                    "KAFKA_CONTROLLER_PORT": str(self.controller)}
+        self.env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        # Reuse the jars the main broker fetched.
+        main_libs = procs.REPO / ".kafka" / "libs"
+        if main_libs.is_dir() and not (state / "libs").exists():
+            state.mkdir(parents=True, exist_ok=True)
+            (state / "libs").symlink_to(main_libs)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        subprocess.run(["bash", "kafka/broker.sh", "up"], cwd=procs.REPO, env=self.env, check=True,
+                       capture_output=True, timeout=120)
+
+    def down(self) -> None:
+        subprocess.run(["bash", "kafka/broker.sh", "down"], cwd=procs.REPO, env=self.env, check=True,
+                       capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def broker(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Broker]:
+    broker = Broker(tmp_path / "kafka")
+    broker.up()
+    yield broker
+    broker.down()
+
+
+def _health(channel: grpc.Channel) -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+
+def _wait(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.25)
+    return False
+
+
+def test_broker_outage_health_errors_and_recovery(broker: Broker, prefix: str, tmp_path: Path) -> None:
+    front, address = procs.frontend(tmp_path / "f.log", broker.bootstrap, prefix)
+    worker = procs.handler(tmp_path / "h.log", broker.bootstrap, prefix, targets=["tests.kitchen_service:Kitchen"])
+    channel = grpc.insecure_channel(address)
+    kitchen = kitchen_pb2_grpc.KitchenStub(channel)
+    try:
+        assert kitchen.Nothing(empty_pb2.Empty(), timeout=30) == empty_pb2.Empty()
+        assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
+
+        broker.down()
+        assert _wait(lambda: _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, 30), front.output()
+        with pytest.raises(grpc.RpcError) as info:
+            kitchen.Nothing(empty_pb2.Empty(), timeout=3)
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+        broker.up()
+        assert _wait(lambda: _health(channel) == health_pb2.HealthCheckResponse.SERVING, 60), front.output()
+
+        def call_ok() -> bool:
+            try:
+                return kitchen.Nothing(empty_pb2.Empty(), timeout=5) == empty_pb2.Empty()
+            except grpc.RpcError:
+                return False
+
+        # Same processes, no restart: calls succeed again.
+        assert _wait(call_ok, 60), front.output() + worker.output()
+    finally:
+        channel.close()
+        worker.stop()
+        front.stop()
