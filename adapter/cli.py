@@ -56,6 +56,11 @@ def setup_logging(level: str, name: str) -> None:
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     # ...and warns of missing partition metadata for every topic created a moment ago.
     logging.getLogger("kafka.coordinator.assignors").setLevel(logging.ERROR)
+    # While a broker is down, kafka-python logs every reconnection attempt as an error;
+    # our own health watcher reports the outage once.
+    if logging.getLogger().level > logging.DEBUG:
+        for name in ("kafka.net", "kafka.cluster", "kafka.conn", "kafka.client"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]], name: str) -> int:

@@ -22,6 +22,8 @@ from kafka import KafkaAdminClient
 log = logging.getLogger(__name__)
 
 OnError = Callable[[Exception], None]
+#: Seconds a Kafka health check may take before the broker counts as unreachable.
+HEALTH_TIMEOUT = 3.0
 
 
 class Transport(Protocol):
@@ -53,6 +55,7 @@ class KafkaTransport:
         self._listener: ReplyListener | None = None
         self._admin: KafkaAdminClient | None = None
         self._admin_lock = threading.Lock()
+        self._check_task: asyncio.Future[bool] | None = None
 
     async def start(self, on_replies: OnReplies, on_partitions: OnPartitions) -> None:
         """Create missing topics, connect the producer, join the reply group."""
@@ -76,13 +79,21 @@ class KafkaTransport:
         future.add_errback(lambda exc: on_error(TransportError(f"producing to {topic}: {exc}")))
 
     async def healthy(self) -> bool:
-        return await asyncio.to_thread(self._check)
+        # One check at a time; a check stuck on an unreachable broker answers "no" meanwhile.
+        if self._check_task is None or self._check_task.done():
+            self._check_task = asyncio.ensure_future(asyncio.to_thread(self._check))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._check_task), HEALTH_TIMEOUT)
+        except TimeoutError:
+            return False
 
     def _check(self) -> bool:
         with self._admin_lock:
             try:
                 if self._admin is None:
-                    self._admin = KafkaAdminClient(**client_settings(self._config.kafka), request_timeout_ms=3000)
+                    timeout_ms = int(HEALTH_TIMEOUT * 1000)
+                    self._admin = KafkaAdminClient(**client_settings(self._config.kafka), request_timeout_ms=timeout_ms,
+                                                   bootstrap_timeout_ms=timeout_ms)
                 self._admin.describe_cluster()
                 return True
             except Exception as exc:  # any failure means "not reachable now"
