@@ -34,7 +34,8 @@ class Dispatcher:
         """The reply to `request`, or None when its deadline passed before it could start."""
         method = self.methods.get(request.method)
         if method is None:
-            return _error(request, grpc.StatusCode.UNIMPLEMENTED, f"method {request.method or '(none)'} is not served here")
+            missing = request.method or "(no rpc-method header, and the topic carries several methods)"
+            return _error(request, grpc.StatusCode.UNIMPLEMENTED, f"method {missing} is not served here")
         if method.client_streaming or method.server_streaming:
             return _error(request, grpc.StatusCode.UNIMPLEMENTED, "streaming methods are not carried over Kafka yet")
         try:

@@ -12,6 +12,7 @@ consumer is not thread-safe); handlers run on the event loop or a thread pool.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -38,6 +39,13 @@ class Worker(ConsumerRebalanceListener):
     def __init__(self, config: WorkerConfig, methods: dict[str, Method], routes: dict[str, Route]) -> None:
         self.config = config
         self.topics = sorted({routes[path].topic for path in methods if path in routes})
+        # A requester that knows only Spring's headers sends no rpc-method: on a topic that
+        # carries a single method, that method is meant.
+        by_topic: dict[str, list[str]] = {}
+        for path in methods:
+            if path in routes:
+                by_topic.setdefault(routes[path].topic, []).append(path)
+        self._sole_method = {topic: paths[0] for topic, paths in by_topic.items() if len(paths) == 1}
         self.dispatcher = Dispatcher(methods, config.concurrency)
         self.tracker = OffsetTracker()
         self.replied = 0
@@ -86,6 +94,8 @@ class Worker(ConsumerRebalanceListener):
             log.warning("skipped malformed request %s: %s", where, exc)
             self.tracker.done(record.topic, record.partition, record.offset)
             return
+        if not request.method and record.topic in self._sole_method:
+            request = dataclasses.replace(request, method=self._sole_method[record.topic])
         try:
             reply = await self.dispatcher.handle(request, peer=f"kafka:{where}")
             if reply is not None and request.reply_topic:
