@@ -55,6 +55,15 @@ STATUS = "rpc-status"
 MESSAGE = "rpc-message"
 METADATA_PREFIX = "rpc-md-"
 TRAILER_PREFIX = "rpc-tm-"
+KIND = "rpc-kind"
+SEQ = "rpc-seq"
+
+# Values of rpc-kind. A record without it is a whole call (request) or its final status (reply).
+OPEN = "open"  # request: opens a client or bidi stream; the call's headers, no message
+MESSAGE = "msg"  # one message of a stream, either direction
+HALF_CLOSE = "end"  # request: the client has sent its last message
+CANCEL = "cancel"  # request: the caller is gone; stop and send nothing more
+_FRAME_KINDS = frozenset({MESSAGE, HALF_CLOSE, CANCEL})
 
 #: Metadata keys that describe the HTTP/2 transport of one hop, not the call itself.
 _HOP_METADATA = frozenset(
@@ -86,10 +95,14 @@ class Request:
     deadline: float | None = None
     metadata: Metadata = ()
     payload: bytes = b""
+    #: True for a client or bidi stream: this record opens it and its messages follow as Frames.
+    opens_stream: bool = False
 
     def encode_headers(self) -> list[tuple[str, bytes]]:
         """The Kafka headers for this request (the value is `payload`)."""
         headers = [(CORRELATION_ID, self.correlation_id), (METHOD, self.method.encode())]
+        if self.opens_stream:
+            headers.append((KIND, OPEN.encode()))
         if self.reply_topic is not None:
             headers.append((REPLY_TOPIC, self.reply_topic.encode()))
         if self.reply_partition is not None:
@@ -130,6 +143,7 @@ class Request:
             deadline=deadline,
             metadata=_decode_metadata(METADATA_PREFIX, headers),
             payload=value or b"",
+            opens_stream=last.get(KIND) == OPEN.encode(),
         )
 
     def time_remaining(self, now: float | None = None) -> float | None:
@@ -177,6 +191,63 @@ class Reply:
             trailing_metadata=_decode_metadata(TRAILER_PREFIX, headers),
             payload=value or b"",
         )
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A record inside a streaming call: a message (either way), a half-close or a cancel."""
+
+    correlation_id: bytes
+    kind: str
+    #: Position of a MESSAGE in its direction of the call, from 0.
+    seq: int = 0
+    payload: bytes = b""
+
+    def encode_headers(self) -> list[tuple[str, bytes]]:
+        """The Kafka headers for this frame (the value is `payload`)."""
+        headers = [(CORRELATION_ID, self.correlation_id), (KIND, self.kind.encode())]
+        if self.kind == MESSAGE:
+            headers.append((SEQ, str(self.seq).encode()))
+        return headers
+
+    @classmethod
+    def decode(cls, headers: Headers | None, value: bytes | None) -> Frame:
+        last = _last_values(headers)
+        correlation_id = last.get(CORRELATION_ID)
+        if not correlation_id:
+            raise MalformedRecord(f"missing {CORRELATION_ID} header")
+        kind = _text(last, KIND) or ""
+        if kind not in _FRAME_KINDS:
+            raise MalformedRecord(f"{KIND} {kind!r} is not one of {', '.join(sorted(_FRAME_KINDS))}")
+        seq = 0
+        if kind == MESSAGE:
+            try:
+                seq = int(last.get(SEQ, b"").decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                raise MalformedRecord(f"{SEQ} must be a decimal sequence number") from None
+        return cls(correlation_id=correlation_id, kind=kind, seq=seq, payload=value or b"")
+
+
+def decode_request(headers: Headers | None, value: bytes | None) -> Request | Frame:
+    """Read any record of a request topic: a call, a stream's opening, or a frame of a stream."""
+    if _is_frame(headers):
+        return Frame.decode(headers, value)
+    return Request.decode(headers, value)
+
+
+def decode_reply(headers: Headers | None, value: bytes | None) -> Reply | Frame:
+    """Read any record of a reply topic: a streamed message, or the call's final status."""
+    if _is_frame(headers):
+        return Frame.decode(headers, value)
+    return Reply.decode(headers, value)
+
+
+def _is_frame(headers: Headers | None) -> bool:
+    kind = None
+    for name, value in headers or ():
+        if name == KIND:
+            kind = value
+    return kind is not None and kind not in (b"", OPEN.encode())
 
 
 def correlation_id_of(headers: Headers | None) -> bytes | None:

@@ -114,7 +114,8 @@ class HandlerContext:
         return None
 
     def run_callbacks(self) -> None:
-        for callback in self._callbacks:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
             try:
                 callback()
             except Exception:

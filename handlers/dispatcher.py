@@ -2,6 +2,9 @@
 
     dispatcher = Dispatcher(methods, concurrency=16)
     reply = await dispatcher.handle(request, peer="kafka:topic/0@42")
+
+Streaming methods get their request messages from `requests` (an async iterator of
+raw messages, see `handlers.calls`) and hand each response message to `emit`.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +24,9 @@ from handlers.registry import Method
 
 log = logging.getLogger(__name__)
 
+Emit = Callable[[bytes], Awaitable[None]]
+_DONE = object()
+
 
 class Dispatcher:
     """Runs handler functions, at most `concurrency` at once."""
@@ -30,42 +37,63 @@ class Dispatcher:
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
         self.expired = 0
 
-    async def handle(self, request: wire.Request, peer: str) -> wire.Reply | None:
-        """The reply to `request`, or None when its deadline passed before it could start."""
+    async def handle(
+        self,
+        request: wire.Request,
+        peer: str,
+        *,
+        requests: AsyncIterator[bytes] | None = None,
+        emit: Emit | None = None,
+        context: HandlerContext | None = None,
+    ) -> wire.Reply | None:
+        """The final reply to `request`, or None when its deadline passed before it could start."""
         method = self.methods.get(request.method)
         if method is None:
             missing = request.method or "(no rpc-method header, and the topic carries several methods)"
             return _error(request, grpc.StatusCode.UNIMPLEMENTED, f"method {missing} is not served here")
-        if method.client_streaming or method.server_streaming:
-            return _error(request, grpc.StatusCode.UNIMPLEMENTED, "streaming methods are not carried over Kafka yet")
-        try:
-            message = method.request_deserializer(request.payload)
-        except Exception as exc:
-            return _error(request, grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode request of {request.method}: {exc}")
+        if method.client_streaming != request.opens_stream or (method.server_streaming and emit is None):
+            return _error(request, grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{request.method} is {_kind(method)}, the record does not open such a call")
+        context = context or HandlerContext(request, peer)
+        if method.client_streaming:
+            argument: Any = _decoded(requests or _empty(), method, context)
+        else:
+            try:
+                argument = method.request_deserializer(request.payload)
+            except Exception as exc:
+                return _error(request, grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode request of {request.method}: {exc}")
         async with self._slots:
             remaining = request.time_remaining()
             if remaining is not None and remaining <= 0:
                 self.expired += 1
                 log.debug("skipped %s: deadline passed %.3fs ago", request.method, -remaining)
                 return None
-            context = HandlerContext(request, peer)
-            reply = await self._run(method, message, context)
+            reply = await self._run(method, argument, context, emit)
         context.run_callbacks()
         return reply
 
-    async def _run(self, method: Method, message: Any, context: HandlerContext) -> wire.Reply:
+    async def _run(self, method: Method, argument: Any, context: HandlerContext, emit: Emit | None) -> wire.Reply:
+        loop = asyncio.get_running_loop()
+        if not inspect.iscoroutinefunction(method.func) and not inspect.isasyncgenfunction(method.func) \
+                and isinstance(argument, _decoded):
+            argument = argument.blocking(loop)  # a sync handler iterates its requests on its own thread
         try:
-            if inspect.iscoroutinefunction(method.func):
-                result = await method.func(message, context)
+            if inspect.iscoroutinefunction(method.func) or inspect.isasyncgenfunction(method.func):
+                result = method.func(argument, context)
             else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._threads, method.func, message, context)
-                if inspect.isawaitable(result):
-                    result = await result
+                result = await loop.run_in_executor(self._threads, method.func, argument, context)
+            if inspect.isawaitable(result):
+                result = await result
+            if method.server_streaming:
+                assert emit is not None
+                await self._stream(method, result, emit, loop)
+                result = _DONE
         except Exception as exc:
             if not context.aborted:
                 log.warning("%s raised %s: %s", method.path, type(exc).__name__, exc)
             return context.reply(None, exc)
+        if result is _DONE:
+            return context.reply(b"")
         if result is None:
             return context.reply(None)
         try:
@@ -76,8 +104,59 @@ class Dispatcher:
             return context.reply(None)
         return context.reply(payload)
 
+    async def _stream(self, method: Method, responses: Any, emit: Emit, loop: asyncio.AbstractEventLoop) -> None:
+        if responses is None:
+            return
+        if hasattr(responses, "__aiter__"):
+            async for message in responses:
+                await emit(method.response_serializer(message))
+            return
+        iterator = iter(responses)
+        while True:
+            # The handler's generator may block (sleep, read its requests): run it on a thread.
+            message = await loop.run_in_executor(self._threads, next, iterator, _DONE)
+            if message is _DONE:
+                return
+            await emit(method.response_serializer(message))
+
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+class _decoded:
+    """The request messages of a client stream, decoded, as an async iterator."""
+
+    def __init__(self, raw: AsyncIterator[bytes], method: Method, context: HandlerContext) -> None:
+        self._raw, self._method, self._context = raw, method, context
+
+    def __aiter__(self) -> _decoded:
+        return self
+
+    async def __anext__(self) -> Any:
+        payload = await self._raw.__anext__()
+        try:
+            return self._method.request_deserializer(payload)
+        except Exception as exc:
+            self._context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode request of {self._method.path}: {exc}")
+
+    def blocking(self, loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+        """The same messages for a handler running on another thread."""
+        while True:
+            try:
+                yield asyncio.run_coroutine_threadsafe(self.__anext__(), loop).result()
+            except StopAsyncIteration:
+                return
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+def _kind(method: Method) -> str:
+    return {(False, False): "unary", (False, True): "server streaming",
+            (True, False): "client streaming", (True, True): "bidi streaming"}[
+        (method.client_streaming, method.server_streaming)]
 
 
 def _error(request: wire.Request, code: grpc.StatusCode, message: str) -> wire.Reply:

@@ -17,6 +17,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -25,12 +26,16 @@ from adapter.config import WorkerConfig
 from adapter.errors import MalformedRecord
 from adapter.kafka import ensure_topics, make_consumer, make_producer
 from adapter.routing import Route
+from handlers.calls import Calls
 from handlers.dispatcher import Dispatcher
 from handlers.offsets import OffsetTracker, Partition
 from handlers.registry import Method
 from kafka import ConsumerRebalanceListener, TopicPartition
 
 log = logging.getLogger(__name__)
+
+#: Stream messages produced before waiting for Kafka's acknowledgements.
+STREAM_WINDOW = 64
 
 
 class Worker(ConsumerRebalanceListener):
@@ -47,6 +52,8 @@ class Worker(ConsumerRebalanceListener):
                 by_topic.setdefault(routes[path].topic, []).append(path)
         self._sole_method = {topic: paths[0] for topic, paths in by_topic.items() if len(paths) == 1}
         self.dispatcher = Dispatcher(methods, config.concurrency)
+        self.calls = Calls(self.dispatcher, self._send)
+        self._windows: dict[bytes, list[asyncio.Future[None]]] = {}
         self.tracker = OffsetTracker()
         self.replied = 0
         self.malformed = 0
@@ -77,51 +84,75 @@ class Worker(ConsumerRebalanceListener):
                 for tp, records in batches.items():
                     for record in records:
                         self.tracker.add(tp.topic, tp.partition, record.offset)
-                        task = asyncio.create_task(self._process(record))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
+                        self._accept(record)
                 await self._flow_control()
                 await self._commit(sync=False)
         finally:
             await self._drain()
 
-    async def _process(self, record: Any) -> None:
+    def _accept(self, record: Any) -> None:
+        # Runs in poll order, synchronously: a stream's frames reach its call in order.
         where = f"{record.topic}/{record.partition}@{record.offset}"
         try:
-            request = wire.Request.decode(record.headers, record.value)
+            decoded = wire.decode_request(record.headers, record.value)
         except MalformedRecord as exc:
             self.malformed += 1
             log.warning("skipped malformed request %s: %s", where, exc)
             self.tracker.done(record.topic, record.partition, record.offset)
             return
-        if not request.method and record.topic in self._sole_method:
-            request = dataclasses.replace(request, method=self._sole_method[record.topic])
-        try:
-            reply = await self.dispatcher.handle(request, peer=f"kafka:{where}")
-            if reply is not None and request.reply_topic:
-                await self._produce(request, reply, record.key)
-                self.replied += 1
-        except Exception:
-            log.exception("failed to reply to %s (%s)", where, request.method)
-        finally:
+        if isinstance(decoded, wire.Request) and not decoded.method and record.topic in self._sole_method:
+            decoded = dataclasses.replace(decoded, method=self._sole_method[record.topic])
+        task = self.calls.accept(decoded, peer=f"kafka:{where}", partition=(record.topic, record.partition))
+        if task is None:
             self.tracker.done(record.topic, record.partition, record.offset)
+            return
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(t, record, where))
 
-    async def _produce(self, request: wire.Request, reply: wire.Reply, key: bytes | None) -> None:
+    def _finished(self, task: asyncio.Task[None], record: Any, where: str) -> None:
+        self._tasks.discard(task)
+        # The offset of a call's opening record is done only once its final reply is sent.
+        self.tracker.done(record.topic, record.partition, record.offset)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("failed to reply to %s: %s", where, task.exception())
+        else:
+            self.replied += 1
+
+    async def _send(self, request: wire.Request, record: wire.Reply | wire.Frame) -> None:
+        """Produce one reply record; stream messages are pipelined, a final reply waits for all."""
         assert self._loop is not None and request.reply_topic is not None
-        done: asyncio.Future[None] = self._loop.create_future()
-        loop = self._loop
+        future = self._producer.send(
+            request.reply_topic, value=record.payload, headers=record.encode_headers(),
+            partition=request.reply_partition,
+        )
+        acked = self._acked(future)
+        window = self._windows.setdefault(request.correlation_id, [])
+        window.append(acked)
+        if isinstance(record, wire.Frame) and len(window) < STREAM_WINDOW:
+            return
+        try:
+            # The final reply (or a full window) waits: a stream cannot outrun Kafka.
+            results = await asyncio.gather(*window, return_exceptions=True)
+        finally:
+            if isinstance(record, wire.Reply):
+                self._windows.pop(request.correlation_id, None)
+            else:
+                window.clear()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    def _acked(self, future: Any) -> asyncio.Future[None]:
+        assert self._loop is not None
+        loop, done = self._loop, self._loop.create_future()
 
         def settle(exc: BaseException | None) -> None:
             if not done.done():
                 done.set_exception(exc) if exc else done.set_result(None)
 
-        future = self._producer.send(
-            request.reply_topic, value=reply.payload, key=key,
-            headers=reply.encode_headers(), partition=request.reply_partition,
-        )
         future.add_callback(lambda _: loop.call_soon_threadsafe(settle, None))
         future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
-        await done
+        return done
 
     async def _flow_control(self) -> None:
         # Backpressure: stop fetching while too many records wait for their reply.
@@ -188,6 +219,10 @@ class Worker(ConsumerRebalanceListener):
             log.info("partitions assigned: %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(assigned)))
 
     async def _take_committable(self, parts: set[Partition]) -> dict[Partition, int]:
+        # Streams still open on these partitions end here, so the new owner starts after them
+        # rather than replaying half a stream.
+        await self.calls.abort(parts, grpc.StatusCode.ABORTED, "the call's partition moved to another handler process")
+        await asyncio.sleep(0)  # let the aborted tasks finish and mark their offsets done
         offsets = self.tracker.committable(parts)
         self.tracker.forget(parts)
         return offsets

@@ -1,0 +1,192 @@
+"""The calls a handler process is running, by correlation id: every request record goes here.
+
+    calls = Calls(dispatcher, send)
+    work = calls.accept(record, peer="kafka:topic/0@42", partition=("topic", 0))
+    if work is not None:
+        await work          # the call's final reply has been sent (or there is none)
+
+A record that opens a call (a whole unary or server-streaming request, or the opening
+of a client stream) starts it; a frame (message, half-close, cancel) is routed at once
+to its call. No Kafka here: `send` produces a reply record, `handlers.worker` does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from adapter import wire
+from handlers.context import HandlerContext
+from handlers.dispatcher import Dispatcher
+
+log = logging.getLogger(__name__)
+
+#: Produce one reply record for `request` (to its reply topic and partition).
+Send = Callable[[wire.Request, wire.Reply | wire.Frame], Awaitable[None]]
+Partition = tuple[str, int]
+
+
+class RequestStream:
+    """The raw request messages of one client stream, fed by frames, read by the handler."""
+
+    def __init__(self, limit: int) -> None:
+        self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        self._limit = limit
+        self._next_seq = 0
+
+    def feed(self, frame: wire.Frame) -> str | None:
+        """Queue a frame; returns why the call must end, if it must."""
+        if frame.kind == wire.HALF_CLOSE:
+            self._queue.put_nowait(None)
+            return None
+        if frame.seq < self._next_seq:
+            return None  # a duplicate: already delivered
+        if frame.seq > self._next_seq:
+            return f"request message {self._next_seq} is missing (got {frame.seq})"
+        if self._queue.qsize() >= self._limit:
+            return f"more than {self._limit} request messages wait for the handler"
+        self._next_seq += 1
+        self._queue.put_nowait(frame.payload)
+        return None
+
+    def fail(self, exc: BaseException) -> None:
+        self._queue.put_nowait(exc)
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        item = await self._queue.get()
+        if item is None:
+            self._queue.put_nowait(None)  # stays ended for any later reader
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._queue.put_nowait(item)
+            raise item
+        return item
+
+
+class CallCancelled(Exception):
+    """Raised to a handler that reads the requests of a call its caller cancelled."""
+
+
+@dataclass(eq=False)
+class _Call:
+    request: wire.Request
+    context: HandlerContext
+    partition: Partition | None
+    requests: RequestStream | None = None
+    task: asyncio.Task[None] | None = None
+    sent: int = 0
+    ended: bool = False
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class Calls:
+    """Starts calls, routes their frames, cancels and aborts them."""
+
+    def __init__(self, dispatcher: Dispatcher, send: Send, max_queued: int = 4096) -> None:
+        self.dispatcher = dispatcher
+        self._send = send
+        self._max_queued = max_queued
+        self._calls: dict[bytes, _Call] = {}
+        #: Frames for no running call (their call ended, or ran elsewhere).
+        self.orphan_frames = 0
+        self.cancelled = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def accept(self, record: wire.Request | wire.Frame, peer: str, partition: Partition | None = None) -> asyncio.Task[None] | None:
+        """Start a call (returns the task that ends when its reply is sent) or route a frame (None)."""
+        if isinstance(record, wire.Frame):
+            self._route(record)
+            return None
+        if record.correlation_id in self._calls:
+            log.warning("ignored a second opening of call %s (%s)", record.correlation_id.hex(), peer)
+            return None
+        call = _Call(record, HandlerContext(record, peer), partition)
+        if record.opens_stream:
+            call.requests = RequestStream(self._max_queued)
+        self._calls[record.correlation_id] = call
+        call.task = asyncio.get_running_loop().create_task(self._serve(call))
+        return call.task
+
+    def cancel(self, correlation_id: bytes, why: str = "cancelled by the caller") -> None:
+        """The caller is gone: the handler sees is_active() false, its task is cancelled, nothing more is sent."""
+        call = self._calls.get(correlation_id)
+        if call is None or call.ended:
+            return
+        self.cancelled += 1
+        log.debug("call %s %s", correlation_id.hex(), why)
+        call.ended = True
+        call.context.cancel()
+        if call.requests is not None:
+            call.requests.fail(CallCancelled(why))
+        if call.task is not None:
+            call.task.cancel()
+
+    async def abort(self, partitions: set[Partition], code: grpc.StatusCode, message: str) -> None:
+        """End the calls that came from `partitions` with a status (their partition moved away)."""
+        doomed = [c for c in self._calls.values() if c.partition in partitions and not c.ended]
+        for call in doomed:
+            self.cancel(call.request.correlation_id, message)
+            if call.request.reply_topic:
+                reply = wire.Reply(call.request.correlation_id, code=code, message=message)
+                try:
+                    await self._send(call.request, reply)
+                except Exception as exc:
+                    log.warning("could not send %s to call %s: %s", code.name, call.request.correlation_id.hex(), exc)
+        await asyncio.gather(*(c.task for c in doomed if c.task is not None), return_exceptions=True)
+
+    def _route(self, frame: wire.Frame) -> None:
+        call = self._calls.get(frame.correlation_id)
+        if call is None or call.ended:
+            self.orphan_frames += 1
+            log.debug("dropped %s frame of call %s that is not running here", frame.kind, frame.correlation_id.hex())
+            return
+        if frame.kind == wire.CANCEL:
+            self.cancel(frame.correlation_id)
+            return
+        if call.requests is None:
+            self.orphan_frames += 1
+            return
+        problem = call.requests.feed(frame)
+        if problem is not None:
+            call.context.set_code(grpc.StatusCode.ABORTED if "missing" in problem else grpc.StatusCode.RESOURCE_EXHAUSTED)
+            call.context.set_details(problem)
+            call.requests.fail(CallCancelled(problem))
+
+    async def _serve(self, call: _Call) -> None:
+        request = call.request
+        remaining = request.time_remaining()
+        if remaining is not None and remaining > 0:
+            call.timer = asyncio.get_running_loop().call_later(remaining, self.cancel, request.correlation_id,
+                                                               "deadline passed")
+
+        async def emit(payload: bytes) -> None:
+            if call.ended:
+                raise asyncio.CancelledError()
+            if request.reply_topic:
+                await self._send(request, wire.Frame(request.correlation_id, wire.MESSAGE, call.sent, payload))
+            call.sent += 1
+
+        try:
+            reply = await self.dispatcher.handle(request, call.context.peer(), requests=call.requests, emit=emit,
+                                                 context=call.context)
+            if reply is not None and request.reply_topic and not call.ended:
+                call.ended = True
+                await self._send(request, reply)
+        except asyncio.CancelledError:
+            if not call.ended:
+                raise  # not our cancel: shutdown
+            call.context.run_callbacks()
+        finally:
+            call.ended = True
+            if call.timer is not None:
+                call.timer.cancel()
+            self._calls.pop(request.correlation_id, None)
