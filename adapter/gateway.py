@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -28,6 +28,7 @@ from adapter.errors import CallError
 from adapter.protoset import ProtoSet
 from adapter.requester import Requester
 from adapter.routing import Route, routes_for
+from adapter.stream import Stream
 from adapter.transport import KafkaTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -99,33 +100,76 @@ class Gateway:
         return [grpc.method_handlers_generic_handler(s, methods) for s, methods in by_service.items()]
 
     def _method_handler(self, route: Route) -> grpc.RpcMethodHandler:
-        if route.client_streaming or route.server_streaming:
-            return grpc.stream_stream_rpc_method_handler(_unimplemented_streaming)
         # No (de)serializers: the frontend passes protobuf bytes through.
-        return grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, route))
+        kind = (route.client_streaming, route.server_streaming)
+        if kind == (False, False):
+            return grpc.unary_unary_rpc_method_handler(functools.partial(self._unary, route))
+        if kind == (False, True):
+            return grpc.unary_stream_rpc_method_handler(functools.partial(self._server_stream, route))
+        if kind == (True, False):
+            return grpc.stream_unary_rpc_method_handler(functools.partial(self._client_stream, route))
+        return grpc.stream_stream_rpc_method_handler(functools.partial(self._bidi_stream, route))
 
     async def _unary(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        try:
-            key = route.key_for(request)
-        except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {route.input_type.full_name}: {exc}")
-        remaining = context.time_remaining()
+        key = await _key(route, request, context)
         try:
             reply = await self.requester.call(
-                route.path,
-                request,
-                topic=route.topic,
-                key=key,
-                metadata=wire.call_metadata(context.invocation_metadata()),
-                timeout=remaining,
+                route.path, request, topic=route.topic, key=key,
+                metadata=wire.call_metadata(context.invocation_metadata()), timeout=context.time_remaining(),
             )
         except CallError as exc:
             await context.abort(exc.code, exc.details)
-        if reply.trailing_metadata:
-            context.set_trailing_metadata(reply.trailing_metadata)
-        if reply.code is not grpc.StatusCode.OK:
-            await context.abort(reply.code, reply.message, reply.trailing_metadata)
-        return reply.payload
+        return await _finish(reply, context)
+
+    async def _server_stream(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        key = await _key(route, request, context)
+        stream = await self._open(route, context, request=request, key=key)
+        async for message in _responses(stream, context):
+            yield message
+
+    async def _client_stream(self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        stream = await self._open(route, context, request=None)
+        try:
+            async for message in requests:
+                await stream.send(message)
+            await stream.close_send()
+            reply = await stream.result()
+        except CallError as exc:
+            await context.abort(exc.code, exc.details, stream.reply.trailing_metadata if stream.reply else ())
+        finally:
+            stream.cancel()  # a no-op once the call has ended; else the client went away
+        return await _finish(reply, context)
+
+    async def _bidi_stream(self, route: Route, requests: AsyncIterator[bytes],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        stream = await self._open(route, context, request=None)
+
+        async def pump() -> None:
+            # Requests flow while responses do: bidi handlers may answer before the client is done.
+            try:
+                async for message in requests:
+                    await stream.send(message)
+                await stream.close_send()
+            except CallError:
+                pass  # the call has ended; its status comes through the responses
+
+        sender = asyncio.create_task(pump())
+        try:
+            async for message in _responses(stream, context):
+                yield message
+        finally:
+            sender.cancel()
+
+    async def _open(self, route: Route, context: grpc.aio.ServicerContext, request: bytes | None,
+                    key: bytes | None = None) -> Stream:
+        try:
+            return self.requester.open_stream(
+                route.path, topic=route.topic, request=request, key=key,
+                metadata=wire.call_metadata(context.invocation_metadata()), timeout=context.time_remaining(),
+            )
+        except CallError as exc:
+            await context.abort(exc.code, exc.details)
+            raise AssertionError("unreachable") from exc
 
     async def _set_health(self, ok: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -144,5 +188,31 @@ class Gateway:
                 serving = ok
 
 
-async def _unimplemented_streaming(requests: object, context: grpc.aio.ServicerContext) -> None:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming methods are not carried over Kafka yet")
+async def _key(route: Route, request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
+    try:
+        return route.key_for(request)
+    except DecodeError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {route.input_type.full_name}: {exc}")
+        raise AssertionError("unreachable") from exc
+
+
+async def _finish(reply: wire.Reply, context: grpc.aio.ServicerContext) -> bytes:
+    if reply.trailing_metadata:
+        context.set_trailing_metadata(reply.trailing_metadata)
+    if reply.code is not grpc.StatusCode.OK:
+        await context.abort(reply.code, reply.message, reply.trailing_metadata)
+    return reply.payload
+
+
+async def _responses(stream: Stream, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    """The response messages of `stream`, then its status and trailers onto `context`."""
+    try:
+        async for message in stream:
+            yield message
+    except CallError as exc:
+        await context.abort(exc.code, exc.details, stream.reply.trailing_metadata if stream.reply else ())
+    finally:
+        stream.cancel()  # a no-op once the call has ended; else the client went away
+    assert stream.reply is not None
+    if stream.reply.trailing_metadata:
+        context.set_trailing_metadata(stream.reply.trailing_metadata)

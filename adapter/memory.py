@@ -2,7 +2,8 @@
 
 Each request record is handed to a ``serve`` coroutine function, as a Kafka consumer
 would see it; what it returns, ``(headers, value)``, is the reply record, decoded
-with `wire.Reply.decode` like a real reply (None: no reply). ``handlers.testing``
+with `wire.decode_reply` like a real reply (None: no reply); `reply` delivers
+more, e.g. the messages of a stream. ``handlers.testing``
 builds on it; it can also stand in for a whole handler fleet::
 
     async def echo(topic, key, value, headers):
@@ -55,9 +56,12 @@ class MemoryTransport:
         assert self._on_partitions is not None, "transport is not started"
         self._on_partitions(partitions)
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError,
+             on_ack: Callable[[], None] | None = None) -> None:
         if self._on_replies is None:
             raise TransportError("transport is not started")
+        if on_ack is not None:
+            on_ack()
         task = asyncio.get_running_loop().create_task(self._deliver(topic, key, value, list(headers), on_error))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -72,13 +76,18 @@ class MemoryTransport:
             # A failing `serve` plays a broker refusing the record: the call fails fast.
             on_error(exc if isinstance(exc, TransportError) else TransportError(f"serving {topic}: {exc!r}"))
             return
-        if record is None or self._on_replies is None:
+        if record is not None:
+            self.reply(*record)
+
+    def reply(self, headers: wire.Headers, value: bytes | None) -> None:
+        """Deliver one reply record (a final reply or a stream message) to the requester."""
+        if self._on_replies is None:
             return
         try:
-            reply = wire.Reply.decode(*record)
+            reply = wire.decode_reply(headers, value)
         except MalformedRecord as exc:
             self.malformed += 1
-            log.warning("dropped malformed reply from %s: %s", topic, exc)
+            log.warning("dropped malformed reply: %s", exc)
             return
         self._on_replies([reply])
 

@@ -27,7 +27,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 
 log = logging.getLogger(__name__)
 
-OnReplies = Callable[[list[wire.Reply]], None]
+OnReplies = Callable[[list[wire.Reply | wire.Frame]], None]
 OnPartitions = Callable[[frozenset[int]], None]
 
 
@@ -99,11 +99,11 @@ class ReplyListener(ConsumerRebalanceListener):
                 batches = consumer.poll(timeout_ms=100)
                 if self._unresolved:
                     self._resolve_new_partitions()
-                replies: list[wire.Reply] = []
+                replies: list[wire.Reply | wire.Frame] = []
                 for tp, records in batches.items():
                     for record in records:
                         try:
-                            replies.append(wire.Reply.decode(record.headers, record.value))
+                            replies.append(wire.decode_reply(record.headers, record.value))
                         except MalformedRecord as exc:
                             self.malformed += 1
                             log.warning("dropped malformed reply %s/%d@%d: %s",

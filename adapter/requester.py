@@ -12,12 +12,14 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
 from adapter import wire
 from adapter.errors import CallError, CallTimeout, TransportError
+from adapter.stream import Stream
 from adapter.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,9 @@ class Requester:
     def __init__(self, transport: Transport, default_timeout: float = 30.0) -> None:
         self._transport = transport
         self._default_timeout = default_timeout
-        self._pending: dict[bytes, _Pending] = {}
+        self._pending: dict[bytes, _Pending | Stream] = {}
+        #: Bytes of response messages a stream may hold for a slow client.
+        self.max_stream_buffer = 32 * 1024 * 1024
         self._partitions: tuple[int, ...] = ()
         self._next = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,6 +98,64 @@ class Requester:
         timeout: float | None = None,
     ) -> wire.Reply:
         """Send one request and return its reply. Raises `CallTimeout` or `CallError`."""
+        request, partition = self._request(method, payload, metadata, timeout, opens_stream=False)
+        cid = request.correlation_id
+        key = cid if key is None else key  # the key also steers a later cancel to the same partition
+        future = asyncio.get_running_loop().create_future()
+        # The waiter exists before the record does, so even an instant reply finds it.
+        self._pending[cid] = _Pending(future, partition)
+        try:
+            self._transport.send(topic, key, payload, request.encode_headers(), self._failer(cid))
+            self.counters.sent += 1
+            return await asyncio.wait_for(future, request.time_remaining())
+        except TimeoutError:
+            self.counters.timed_out += 1
+            self._cancel(topic, key, cid)
+            raise CallTimeout(f"no reply from topic {topic!r} within the deadline") from None
+        except asyncio.CancelledError:
+            self._cancel(topic, key, cid)
+            raise
+        except TransportError as exc:
+            raise CallError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+        finally:
+            self._pending.pop(cid, None)
+
+    def open_stream(
+        self,
+        method: str,
+        *,
+        topic: str,
+        request: bytes | None,
+        key: bytes | None = None,
+        metadata: wire.Metadata = (),
+        timeout: float | None = None,
+    ) -> Stream:
+        """Start a streaming call. `request` is the single request message of a server stream;
+        None opens a client or bidi stream, whose messages go through `Stream.send`."""
+        opening, partition = self._request(method, request or b"", metadata, timeout, opens_stream=request is None)
+        cid = opening.correlation_id
+        stream = Stream(self, opening, topic, cid if key is None else key, partition, self.max_stream_buffer)
+        self._pending[cid] = stream
+        self._transport.send(topic, stream.key, opening.payload, opening.encode_headers(), self._failer(cid))
+        self.counters.sent += 1
+        return stream
+
+    def send_frame(self, stream: Stream, frame: wire.Frame, on_ack: Callable[[], None] | None = None) -> None:
+        """Send a frame of `stream` to its handler (same topic and key as its opening)."""
+        loop = self._loop
+        assert loop is not None
+        acked = None
+        if on_ack is not None:
+            def acked() -> None:
+                loop.call_soon_threadsafe(on_ack)
+        self._transport.send(stream.topic, stream.key, frame.payload, frame.encode_headers(),
+                             self._failer(stream.correlation_id), acked)
+
+    def forget(self, stream: Stream) -> None:
+        self._pending.pop(stream.correlation_id, None)
+
+    def _request(self, method: str, payload: bytes, metadata: wire.Metadata, timeout: float | None,
+                 opens_stream: bool) -> tuple[wire.Request, int]:
         if not self._partitions:
             raise CallError(grpc.StatusCode.UNAVAILABLE, "this frontend owns no reply partition right now")
         timeout = self._default_timeout if timeout is None else timeout
@@ -106,42 +168,54 @@ class Requester:
             deadline=time.time() + timeout,
             metadata=metadata,
             payload=payload,
+            opens_stream=opens_stream,
         )
-        cid = request.correlation_id
-        future = asyncio.get_running_loop().create_future()
-        # The waiter exists before the record does, so even an instant reply finds it.
-        self._pending[cid] = _Pending(future, partition)
-        try:
-            self._transport.send(topic, key, payload, request.encode_headers(), self._failer(cid))
-            self.counters.sent += 1
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            self.counters.timed_out += 1
-            raise CallTimeout(f"no reply from topic {topic!r} within {timeout:.3g}s") from None
-        except TransportError as exc:
-            raise CallError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
-        finally:
-            self._pending.pop(cid, None)
+        return request, partition
 
-    def _failer(self, cid: bytes):  # type: ignore[no-untyped-def]
+    def _cancel(self, topic: str, key: bytes, cid: bytes) -> None:
+        # Best effort: the handler stops working for a caller that is gone.
+        frame = wire.Frame(cid, wire.CANCEL)
+        try:
+            self._transport.send(topic, key, b"", frame.encode_headers(), lambda exc: None)
+        except Exception as exc:
+            log.debug("could not send cancel for %s: %s", cid.hex(), exc)
+
+    def _failer(self, cid: bytes) -> Callable[[Exception], None]:
         loop = self._loop
         assert loop is not None
-        return lambda exc: loop.call_soon_threadsafe(self._fail, cid, exc)
+
+        def fail(exc: Exception) -> None:
+            loop.call_soon_threadsafe(self._fail, cid, exc)
+
+        return fail
 
     def _fail(self, cid: bytes, exc: Exception) -> None:
         pending = self._pending.pop(cid, None)
-        if pending is not None and not pending.future.done():
+        if isinstance(pending, Stream):
+            pending.fail(CallError(grpc.StatusCode.UNAVAILABLE, str(exc)) if isinstance(exc, TransportError) else exc)
+        elif pending is not None and not pending.future.done():
             pending.future.set_exception(exc)
 
-    def _deliver(self, replies: list[wire.Reply]) -> None:
+    def _deliver(self, replies: list[wire.Reply | wire.Frame]) -> None:
         for reply in replies:
-            pending = self._pending.pop(reply.correlation_id, None)
-            if pending is None or pending.future.done():
-                self.counters.dropped += 1
-                log.debug("dropped reply for no waiting call (correlation id %s)", reply.correlation_id.hex())
+            cid = reply.correlation_id
+            pending = self._pending.get(cid)
+            if isinstance(pending, Stream):
+                if isinstance(reply, wire.Reply):
+                    self._pending.pop(cid, None)
+                    self.counters.replied += 1
+                pending.deliver(reply, self._drop)
                 continue
+            if pending is None or pending.future.done() or isinstance(reply, wire.Frame):
+                self._drop()
+                log.debug("dropped reply for no waiting call (correlation id %s)", cid.hex())
+                continue
+            del self._pending[cid]
             self.counters.replied += 1
             pending.future.set_result(reply)
+
+    def _drop(self) -> None:
+        self.counters.dropped += 1
 
     def _set_partitions(self, partitions: frozenset[int]) -> None:
         self._partitions = tuple(sorted(partitions))
@@ -153,7 +227,7 @@ class Requester:
                                       "reply partition moved to another frontend; the call may be retried"))
 
     # Called on the transport's thread: hop onto the event loop once per batch.
-    def _replies_from_thread(self, replies: list[wire.Reply]) -> None:
+    def _replies_from_thread(self, replies: list[wire.Reply | wire.Frame]) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._deliver, replies)
 

@@ -34,8 +34,9 @@ class Transport(Protocol):
     async def start(self, on_replies: OnReplies, on_partitions: OnPartitions) -> None:
         """Connect; then call `on_partitions` with the reply partitions this instance owns."""
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError) -> None:
-        """Produce one record without waiting; `on_error` (any thread) if it fails."""
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError,
+             on_ack: Callable[[], None] | None = None) -> None:
+        """Produce one record without waiting; then `on_ack` or `on_error`, on any thread."""
 
     async def healthy(self) -> bool:
         """Whether the broker answers now."""
@@ -71,12 +72,15 @@ class KafkaTransport:
         self._listener = await asyncio.to_thread(ReplyListener, self._config, on_replies, on_partitions)
         self._listener.start()
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError,
+             on_ack: Callable[[], None] | None = None) -> None:
         if self._producer is None:
             raise TransportError("transport is not started")
         with translated(f"producing to {topic}"):
             future = self._producer.send(topic, value=value, key=key, headers=list(headers))
         future.add_errback(lambda exc: on_error(TransportError(f"producing to {topic}: {exc}")))
+        if on_ack is not None:
+            future.add_callback(lambda _: on_ack())
 
     async def healthy(self) -> bool:
         # One check at a time; a check stuck on an unreachable broker answers "no" meanwhile.

@@ -58,4 +58,5 @@ class OffsetTracker:
 
     @property
     def pending(self) -> int:
-        return sum(len(q) for q in self._open.values())
+        """Records not yet done (those done but waiting behind an earlier one do not count)."""
+        return sum(len(q) - len(self._done[tp]) for tp, q in self._open.items())

@@ -66,6 +66,80 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
         return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
 
 
+    def CountUp(self, request, context):
+        for i in range(request.n):
+            if request.fail_at and i == request.fail_at:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"failed at {i}")
+            if request.delay:
+                time.sleep(request.delay)
+            yield kitchen_pb2.Item(i=i, data=b"x" * request.size)
+        context.set_trailing_metadata((("x-count", str(request.n)),))
+
+    async def AsyncCountUp(self, request, context):
+        for i in range(request.n):
+            if request.fail_at and i == request.fail_at:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"failed at {i}")
+            if request.delay:
+                await asyncio.sleep(request.delay)
+            yield kitchen_pb2.Item(i=i, data=b"x" * request.size)
+
+    def Collect(self, request_iterator, context):
+        summary = kitchen_pb2.Summary()
+        for item in request_iterator:
+            summary.count += 1
+            summary.total_bytes += len(item.data)
+            if len(summary.order) < 100:
+                summary.order.append(item.i)
+        return summary
+
+    async def AsyncCollect(self, request_iterator, context):
+        summary = kitchen_pb2.Summary()
+        async for item in request_iterator:
+            summary.count += 1
+            summary.total_bytes += len(item.data)
+            if len(summary.order) < 100:
+                summary.order.append(item.i)
+        return summary
+
+    async def Chat(self, request_iterator, context):
+        async for item in request_iterator:
+            if item.tag == "fail":
+                await context.abort(grpc.StatusCode.ABORTED, f"asked to fail at {item.i}")
+            yield kitchen_pb2.Item(i=item.i * 2, data=item.data, tag="reply")
+
+    def SyncChat(self, request_iterator, context):
+        for item in request_iterator:
+            yield kitchen_pb2.Item(i=item.i * 2, data=item.data, tag="reply")
+
+    def Watch(self, request, context):
+        context.add_callback(lambda: _event(f"callback {request.tag}"))
+        i = 0
+        while context.is_active():
+            yield kitchen_pb2.Item(i=i, tag=f"{os.getpid()} {context.peer()}")
+            i += 1
+            time.sleep(request.delay or 0.02)
+        _event(f"inactive {request.tag}")
+
+    async def AsyncWatch(self, request, context):
+        context.add_callback(lambda: _event(f"callback {request.tag}"))
+        i = 0
+        try:
+            while True:
+                yield kitchen_pb2.Item(i=i, tag=f"{os.getpid()} {context.peer()}")
+                i += 1
+                await asyncio.sleep(request.delay or 0.02)
+        except asyncio.CancelledError:
+            _event(f"task-cancelled {request.tag}")
+            raise
+
+
+def _event(line: str) -> None:
+    path = os.environ.get("KITCHEN_EVENTS")
+    if path:
+        with open(path, "a") as events:
+            events.write(line + "\n")
+
+
 def _code(number: int) -> grpc.StatusCode:
     for code in grpc.StatusCode:
         if code.value[0] == number:

@@ -34,7 +34,12 @@ async def echo(topic: str, key: bytes | None, value: bytes, headers: wire.Header
 
 async def started(serve: Callable[..., Awaitable[ReplyRecord | None]],
                   default_timeout: float = 5.0) -> tuple[Requester, MemoryTransport]:
-    transport = MemoryTransport(serve)
+    async def calls_only(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:
+        if isinstance(wire.decode_request(headers, value), wire.Frame):
+            return None  # a cancel after a timeout: these handlers are unary
+        return await serve(topic, key, value, headers)
+
+    transport = MemoryTransport(calls_only)
     requester = Requester(transport, default_timeout)
     await requester.start(timeout=1.0)
     return requester, transport
@@ -324,3 +329,25 @@ def test_memory_transport_send_before_start_is_a_transport_error() -> None:
             MemoryTransport(echo).send("t", None, b"", [], lambda exc: None)
 
     asyncio.run(run())
+
+
+def test_a_timed_out_call_sends_a_cancel_with_the_same_key() -> None:
+    seen: list[tuple[bytes | None, wire.Request | wire.Frame]] = []
+
+    async def record(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> None:
+        seen.append((key, wire.decode_request(headers, value)))
+
+    async def run() -> None:
+        transport = MemoryTransport(record)
+        requester = Requester(transport, 5.0)
+        await requester.start(timeout=1.0)
+        with pytest.raises(CallTimeout):
+            await requester.call(METHOD, b"x", topic="t", timeout=0.05)
+        await asyncio.sleep(0.01)
+        await requester.stop()
+
+    asyncio.run(run())
+    (key, request), (cancel_key, cancel) = seen
+    assert isinstance(request, wire.Request) and isinstance(cancel, wire.Frame)
+    assert cancel.kind == wire.CANCEL and cancel.correlation_id == request.correlation_id
+    assert key == cancel_key == request.correlation_id

@@ -1,0 +1,1 @@
+"""The benchmark suite (`make bench`, `python -m bench --help`); not part of the test suite."""

@@ -1,0 +1,188 @@
+"""Where the time goes: py-spy profiles of the frontend, a handler and the raw ping-pong under load.
+
+    python -m bench --profile            # writes bench/results/profile.md and profiles/*.txt
+
+For each profiled cell a load client runs one long window; once it is warm, ``py-spy record
+--nonblocking --threads`` samples the server processes for the rest of the window. The raw
+(collapsed-stack) files stay in bench/results/profiles/ for flame graphs; `summarize` turns
+each into the tables of profile.md: CPU by thread, by component (our code, kafka-python,
+grpc, asyncio...), the hottest functions by own time, and the share of the process's CPU
+that py-spy cannot see (native threads: gRPC's C core, the broker client's socket work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import topics
+from bench.procs import Proc, python
+from bench.suite import PLANS, Run
+
+log = logging.getLogger("bench")
+RATE = 200  # samples per second
+
+#: Frame file -> component; the first match wins.
+COMPONENTS = [
+    ("adapter", re.compile(r"/adapter/")), ("handlers", re.compile(r"/handlers/")), ("bench", re.compile(r"/bench/")),
+    ("kafka-python", re.compile(r"/kafka/")), ("grpc", re.compile(r"/grpc/|grpc/_cython|cygrpc")),
+    ("protobuf", re.compile(r"/google/protobuf/")), ("asyncio", re.compile(r"/asyncio/")),
+    ("threading/queue", re.compile(r"/(threading|queue|concurrent/futures/\w+)\.py")),
+    ("selectors/socket", re.compile(r"/(selectors|socket|ssl)\.py")), ("logging", re.compile(r"/logging/")),
+]
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def component(file: str) -> str:
+    for name, pattern in COMPONENTS:
+        if pattern.search(file):
+            return name
+    return "other (stdlib, uuid, dataclasses...)"
+
+
+def summarize(raw: Path, cpu_s: float | None, seconds: float, top: int = 22) -> dict[str, Any]:
+    """Tables from one py-spy raw file. `cpu_s`: the process's CPU seconds over the same span."""
+    by_thread: collections.Counter[str] = collections.Counter()
+    by_component: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread = frames[0] if frames[0].startswith(("thread", "process")) else "?"
+        frames = [f for f in frames if not f.startswith(("thread", "process"))]
+        total += count
+        by_thread[_thread_name(thread)] += count
+        parsed = [_FRAME.match(f) for f in frames]
+        leaf = parsed[-1] if parsed else None
+        if leaf:
+            by_component[component(leaf["file"])] += count
+            own[f"{leaf['func']} ({_short(leaf['file'])})"] += count
+        for name in {f"{m['func']} ({_short(m['file'])})" for m in parsed if m}:
+            inclusive[name] += count
+    sampled_s = total / RATE
+    return {
+        "samples": total, "sampled_cpu_s": round(sampled_s, 2), "process_cpu_s": cpu_s, "seconds": round(seconds, 1),
+        # CPU the process used that no Python frame accounts for: native threads (gRPC core), the GIL wait...
+        "unsampled_share": round(1 - sampled_s / cpu_s, 3) if cpu_s else None,
+        "threads": _shares(by_thread, total), "components": _shares(by_component, total),
+        "own": _shares(own, total, top), "inclusive": _shares(inclusive, total, top * 2),
+    }
+
+
+def _thread_name(frame: str) -> str:
+    match = re.search(r'"([^"]+)"', frame)
+    name = match.group(1) if match else frame
+    return re.sub(r"[-_]?\d+$", "", name)  # handler_3 / ThreadPoolExecutor-0_1 -> one row per pool
+
+
+def _short(file: str) -> str:
+    for marker in ("site-packages/", "python3.11/", "/work/main/"):
+        if marker in file:
+            return file.split(marker, 1)[1]
+    return file
+
+
+def _shares(counter: collections.Counter[str], total: int, top: int | None = None) -> list[tuple[str, float]]:
+    return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(top)] if total else []
+
+
+def profile_cell(run: Run, scenario: str, client: Proc, servers: list[Proc], seconds: float, out: Path,
+                 label: str) -> dict[str, Any]:
+    warm = client.next_event(seconds + 120)
+    start = run.monitor.snapshot()
+    spies = {p.role: subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(p.pid), "--rate", str(RATE),
+         "--duration", str(int(seconds - 2)), "--format", "raw", "--nonblocking", "--threads",
+         "-o", str(out / f"{label}-{p.role}.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for p in servers}
+    began = time.monotonic()
+    for spy in spies.values():
+        spy.wait(seconds + 30)
+    spy_s = time.monotonic() - began
+    mid = run.monitor.snapshot()
+    done = client.next_event(seconds + 120)
+    end = run.monitor.snapshot()
+    client.popen.wait(60)
+    run.stop(client)
+    cpu = {role: mid.cpu[role] - start.cpu[role] for role in mid.cpu if role in start.cpu}
+    result = {"scenario": scenario, "label": label, "payload": warm["payload"], "in_flight": warm["in_flight"],
+              "calls": done["calls"], "throughput": round(done["calls"] / done["seconds"], 1),
+              "latency_ms": done["latency_ms"], "window": run.monitor.window(start, end, done["calls"]),
+              "profiles": {}}
+    for role, spy in spies.items():
+        raw = out / f"{label}-{role}.txt"
+        if spy.returncode != 0 or not raw.exists():
+            log.error("py-spy on %s failed: %s", role, spy.stderr.read().decode() if spy.stderr else "")
+            continue
+        result["profiles"][role] = summarize(raw, round(cpu.get(role, 0.0), 2), spy_s)
+    log.info("profiled %s: %.0f calls/s, p50 %.2f ms", label, result["throughput"], result["latency_ms"]["p50"])
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    out = args.out / "profiles"
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = args.duration or 20.0
+    plan = PLANS["bench"]
+    run = Run(plan, args.bootstrap_servers, args.out / "logs")
+    results: list[dict[str, Any]] = []
+    cells = [(100, 1), (100, 64), (10240, 64)]
+    try:
+        prefix = f"{run.prefix}adapter."
+        frontend, address = run.frontend(prefix)
+        handler = run.handler(prefix)
+        for payload, n in cells:
+            client = run.loadgen([address], (payload,), (n,), warmup=3.0, duration=seconds)
+            results.append(profile_cell(run, "adapter", client, [frontend, handler], seconds, out, f"adapter-{payload}-{n}"))
+        run.stop_all()
+        requests, replies = f"{run.prefix}pingpong.requests", f"{run.prefix}pingpong.replies"
+        topics.create(args.bootstrap_servers, {requests: plan.request_partitions, replies: 1})
+        common = ["--bootstrap-servers", args.bootstrap_servers, "--request-topic", requests, "--reply-topic", replies]
+        replier = run.start("replier", python("bench.pingpong", "replier", *common), ready=r"replier ready")
+        for payload, n in cells[1:]:
+            client = run.start("client", python("bench.pingpong", "requester", *common,
+                                                *run.cell_args((payload,), (n,), 3.0, seconds)), pipe=True)
+            results.append(profile_cell(run, "pingpong", client, [client, replier], seconds, out,
+                                        f"pingpong-{payload}-{n}"))
+    finally:
+        run.stop_all()
+        run.monitor.close()
+        topics.remove(args.bootstrap_servers, run.prefix)
+    meta = run.results["meta"] | {"loadavg_end": [round(x, 2) for x in os.getloadavg()], "rate_hz": RATE}
+    (args.out / "profile.json").write_text(json.dumps({"meta": meta, "profiles": results}, indent=1) + "\n")
+    (args.out / "profile.md").write_text(markdown(meta, results))
+    log.info("wrote %s/profile.{json,md} and %s/*.txt", args.out, out)
+    return 0
+
+
+def markdown(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    out = ["# Profiles (py-spy)", "",
+           f"{meta['started']}, commit {meta['commit']}{' (adapter/handlers modified)' if meta['adapter_dirty'] else ''}, "
+           f"{meta['cores']} cores, load average {meta['loadavg_start']} -> {meta['loadavg_end']}. "
+           f"py-spy --nonblocking --threads at {RATE} Hz. Percentages are of the process's sampled (on-CPU) Python stacks.", ""]
+    for r in results:
+        out += [f"## {r['label']}: {r['throughput']:.0f} calls/s, p50 {r['latency_ms']['p50']:.2f} ms, "
+                f"p99 {r['latency_ms']['p99']:.2f} ms", ""]
+        procs = r["window"]["processes"]
+        out.append("CPU µs per call: " + ", ".join(f"{k} {v['cpu_us_per_call']:.0f}" for k, v in procs.items()) + ".")
+        for role, p in r["profiles"].items():
+            out += ["", f"### {role}: {p['process_cpu_s']} CPU s in {p['seconds']} s, {p['sampled_cpu_s']} s of it in "
+                    f"Python stacks (unsampled share {p['unsampled_share']})", ""]
+            for title, rows in (("thread", p["threads"]), ("component (leaf frame)", p["components"]),
+                                ("own time", p["own"][:15]), ("inclusive", p["inclusive"][:30])):
+                out += [f"| {title} | % |", "|---|--:|", *(f"| `{name}` | {pct} |" for name, pct in rows), ""]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,119 @@
+// A Node gRPC client (@grpc/grpc-js + @grpc/proto-loader) calling rpctest.v1.Kitchen through the
+// kafka-rpc frontend. Run by tests/test_interop_node.py:
+//
+//   node client.js ADDRESS PROTO_DIR...
+//
+// PROTO_DIRs are the include folders for kitchen.proto (our protos/ and one holding
+// google/protobuf/*.proto). Prints one JSON line per case; bytes are base64.
+'use strict';
+
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const [address, ...includeDirs] = process.argv.slice(2);
+if (!address || includeDirs.length === 0) {
+  console.error('usage: node client.js ADDRESS PROTO_DIR...');
+  process.exit(2);
+}
+
+const definition = protoLoader.loadSync('rpctest/v1/kitchen.proto', {
+  includeDirs,
+  keepCase: true,
+  longs: String, // int64 as decimal strings: no precision lost
+  enums: String,
+  defaults: false,
+  oneofs: true,
+});
+const { Kitchen } = grpc.loadPackageDefinition(definition).rpctest.v1;
+const kitchen = new Kitchen(address, grpc.credentials.createInsecure());
+
+function deadline(seconds) {
+  return new Date(Date.now() + seconds * 1000);
+}
+
+// Call a unary method; resolve with the reply or error, and the status (trailing metadata).
+function call(method, request, metadata, seconds) {
+  return new Promise((resolve) => {
+    let outcome = null;
+    let status = null;
+    const done = () => outcome && status && resolve({ ...outcome, status });
+    const c = kitchen[method](request, metadata || new grpc.Metadata(), { deadline: deadline(seconds) },
+      (error, reply) => { outcome = error ? { error } : { reply }; done(); });
+    c.on('status', (s) => { status = s; done(); });
+  });
+}
+
+// JSON with Buffers as base64 and Metadata as {key: [values]}.
+function plain(value) {
+  if (Buffer.isBuffer(value)) return value.toString('base64');
+  if (value instanceof grpc.Metadata) {
+    const out = {};
+    for (const [key, values] of Object.entries(value.toJSON())) out[key] = values.map(plain);
+    return out;
+  }
+  if (Array.isArray(value)) return value.map(plain);
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]));
+  }
+  return value;
+}
+
+function print(object) {
+  process.stdout.write(JSON.stringify(plain(object)) + '\n');
+}
+
+function failure(error) {
+  return { code: error.code, details: error.details, metadata: error.metadata };
+}
+
+async function main() {
+  // Unicode strings, raw bytes, 64-bit integers, a map, an enum and a oneof, echoed back.
+  const everything = {
+    scalars: {
+      s: 'héllo wörld ✓ 日本 🎉',
+      by: Buffer.from(Array.from({ length: 256 }, (_, i) => i)),
+      i64: '-9223372036854775808',
+      u64: '18446744073709551615',
+      d: 1.5,
+      b: true,
+    },
+    color: 'GREEN',
+    tags: ['ç', '日本', ''],
+    counts: { x: '1', 'ключ': '-4611686018427387904' },
+    text: 'ünï ✓',
+    blob: Buffer.from([0, 255, 0, 255, 16]),
+  };
+  const echo = await call('Echo', everything, null, 20);
+  print({ case: 'echo', sent: everything, reply: echo.reply, error: echo.error && failure(echo.error) });
+
+  const abort = await call('Fail', { mode: 'ABORT', code: 5, message: 'nicht gefunden ✗' }, null, 20);
+  print({ case: 'abort', reply: abort.reply, error: abort.error && failure(abort.error) });
+
+  const rich = await call('Fail', { mode: 'RICH', code: 3, message: 'bad field' }, null, 20);
+  print({ case: 'rich', reply: rich.reply, error: rich.error && failure(rich.error) });
+
+  const metadata = new grpc.Metadata();
+  metadata.add('x-user', 'ann');
+  metadata.add('x-token-bin', Buffer.from([0, 1, 254, 255]));
+  metadata.add('traceparent', '00-abc-def-01');
+  const meta = await call('Meta', {}, metadata, 20);
+  print({
+    case: 'meta', reply: meta.reply, error: meta.error && failure(meta.error),
+    trailers: meta.status.metadata, code: meta.status.code,
+  });
+
+  const started = Date.now();
+  const sleep = await call('Sleep', { seconds: 3 }, null, 0.5);
+  print({
+    case: 'deadline', reply: sleep.reply, error: sleep.error && failure(sleep.error),
+    seconds: (Date.now() - started) / 1000,
+  });
+
+  kitchen.close();
+  print({ event: 'done' });
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
