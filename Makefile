@@ -57,7 +57,8 @@ check: install
 lint: check
 
 bench: proto kafka-up
-	$(BIN)/python bench/latency.py
+	$(BIN)/pip install -q -r bench/requirements.txt
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf gen .pytest_cache .mypy_cache .ruff_cache

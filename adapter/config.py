@@ -106,6 +106,8 @@ class WorkerConfig:
     max_pending: int = 256
     #: Seconds a draining process waits for running handlers at shutdown.
     drain_timeout: float = 30.0
+    #: Seconds without a heartbeat after which a dead process's partitions move to the others.
+    session_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -115,3 +117,5 @@ class WorkerConfig:
         if self.max_pending < self.concurrency:
             raise ConfigError("max_pending must be at least concurrency")
         _positive("drain_timeout", self.drain_timeout)
+        if not 6 <= self.session_timeout <= 300:
+            raise ConfigError(f"session_timeout must be between 6 and 300 seconds (the broker's limits), got {self.session_timeout}")

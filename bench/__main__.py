@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if "scaleout" not in args.only:
             overrides["handlers"] = ()
     plan = dataclasses.replace(plan, **overrides)
-    logs = args.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    run = Run(plan, args.bootstrap_servers, logs)
+    run = Run(plan, args.bootstrap_servers, args.out / "logs")
     began = time.monotonic()
     log.info("run %s: plan %s, load average %s", run.prefix, plan.name, run.results["meta"]["loadavg_start"])
     failed = False

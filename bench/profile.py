@@ -3,11 +3,15 @@
     python -m bench --profile            # writes bench/results/profile.md and profiles/*.txt
 
 For each profiled cell a load client runs one long window; once it is warm, ``py-spy record
---nonblocking --threads`` samples the server processes for the rest of the window. The raw
-(collapsed-stack) files stay in bench/results/profiles/ for flame graphs; `summarize` turns
-each into the tables of profile.md: CPU by thread, by component (our code, kafka-python,
-grpc, asyncio...), the hottest functions by own time, and the share of the process's CPU
-that py-spy cannot see (native threads: gRPC's C core, the broker client's socket work).
+--gil --threads --nonblocking`` samples the server processes for the rest of the window.
+``--gil`` keeps only the stacks of the thread holding the GIL: in a process whose Python
+threads share one GIL, that is where the Python time goes, and the share of samples taken
+(`gil_busy`) says how close the process is to its one-core Python ceiling. (Without
+``--gil``, py-spy counts runnable-but-waiting threads as busy on a loaded machine.)
+
+The raw (collapsed-stack) files stay in bench/results/profiles/ for flame graphs; `summarize`
+turns each into the tables of profile.md: GIL time by thread, by component (our code,
+kafka-python, grpc, asyncio...), the hottest functions by own and inclusive time.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ RATE = 200  # samples per second
 
 #: Frame file -> component; the first match wins.
 COMPONENTS = [
-    ("adapter", re.compile(r"/adapter/")), ("handlers", re.compile(r"/handlers/")), ("bench", re.compile(r"/bench/")),
-    ("kafka-python", re.compile(r"/kafka/")), ("grpc", re.compile(r"/grpc/|grpc/_cython|cygrpc")),
-    ("protobuf", re.compile(r"/google/protobuf/")), ("asyncio", re.compile(r"/asyncio/")),
-    ("threading/queue", re.compile(r"/(threading|queue|concurrent/futures/\w+)\.py")),
-    ("selectors/socket", re.compile(r"/(selectors|socket|ssl)\.py")), ("logging", re.compile(r"/logging/")),
+    (name, re.compile(rf"(^|/)({pattern})"))
+    for name, pattern in (
+        ("adapter", r"adapter/"), ("handlers", r"handlers/"), ("bench", r"bench/"), ("kafka-python", r"kafka/"),
+        ("grpc", r"grpc/|src/python/grpcio|cygrpc"), ("protobuf", r"google/protobuf/"), ("asyncio", r"asyncio/"),
+        ("threading/queue", r"(threading|queue|_weakrefset|concurrent/futures/\w+)\.py"),
+        ("selectors/socket", r"(selectors|socket|ssl)\.py"), ("logging", r"logging/"),
+    )
 ]
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -75,17 +81,17 @@ def summarize(raw: Path, cpu_s: float | None, seconds: float, top: int = 22) -> 
             inclusive[name] += count
     sampled_s = total / RATE
     return {
-        "samples": total, "sampled_cpu_s": round(sampled_s, 2), "process_cpu_s": cpu_s, "seconds": round(seconds, 1),
-        # CPU the process used that no Python frame accounts for: native threads (gRPC core), the GIL wait...
-        "unsampled_share": round(1 - sampled_s / cpu_s, 3) if cpu_s else None,
+        "samples": total, "gil_s": round(sampled_s, 2), "process_cpu_s": cpu_s, "seconds": round(seconds, 1),
+        # Share of the time some thread held the GIL: near 1.0, Python itself is the ceiling.
+        "gil_busy": round(sampled_s / seconds, 3) if seconds else None,
         "threads": _shares(by_thread, total), "components": _shares(by_component, total),
         "own": _shares(own, total, top), "inclusive": _shares(inclusive, total, top * 2),
     }
 
 
 def _thread_name(frame: str) -> str:
-    match = re.search(r'"([^"]+)"', frame)
-    name = match.group(1) if match else frame
+    # "thread (7730): kafka-rpc-network-thread"
+    name = frame.split("): ", 1)[1] if "): " in frame else frame
     return re.sub(r"[-_]?\d+$", "", name)  # handler_3 / ThreadPoolExecutor-0_1 -> one row per pool
 
 
@@ -106,7 +112,7 @@ def profile_cell(run: Run, scenario: str, client: Proc, servers: list[Proc], sec
     start = run.monitor.snapshot()
     spies = {p.role: subprocess.Popen(
         [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(p.pid), "--rate", str(RATE),
-         "--duration", str(int(seconds - 2)), "--format", "raw", "--nonblocking", "--threads",
+         "--duration", str(int(seconds - 2)), "--format", "raw", "--nonblocking", "--threads", "--gil",
          "-o", str(out / f"{label}-{p.role}.txt")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for p in servers}
     began = time.monotonic()
@@ -173,15 +179,16 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
     out = ["# Profiles (py-spy)", "",
            f"{meta['started']}, commit {meta['commit']}{' (adapter/handlers modified)' if meta['adapter_dirty'] else ''}, "
            f"{meta['cores']} cores, load average {meta['loadavg_start']} -> {meta['loadavg_end']}. "
-           f"py-spy --nonblocking --threads at {RATE} Hz. Percentages are of the process's sampled (on-CPU) Python stacks.", ""]
+           f"py-spy --gil --threads --nonblocking at {RATE} Hz. Percentages are of the samples in which some "
+           "thread of the process held the GIL.", ""]
     for r in results:
         out += [f"## {r['label']}: {r['throughput']:.0f} calls/s, p50 {r['latency_ms']['p50']:.2f} ms, "
                 f"p99 {r['latency_ms']['p99']:.2f} ms", ""]
         procs = r["window"]["processes"]
         out.append("CPU µs per call: " + ", ".join(f"{k} {v['cpu_us_per_call']:.0f}" for k, v in procs.items()) + ".")
         for role, p in r["profiles"].items():
-            out += ["", f"### {role}: {p['process_cpu_s']} CPU s in {p['seconds']} s, {p['sampled_cpu_s']} s of it in "
-                    f"Python stacks (unsampled share {p['unsampled_share']})", ""]
+            out += ["", f"### {role}: {p['process_cpu_s']} CPU s in {p['seconds']} s; GIL held {p['gil_s']} s "
+                    f"(gil_busy {p['gil_busy']})", ""]
             for title, rows in (("thread", p["threads"]), ("component (leaf frame)", p["components"]),
                                 ("own time", p["own"][:15]), ("inclusive", p["inclusive"][:30])):
                 out += [f"| {title} | % |", "|---|--:|", *(f"| `{name}` | {pct} |" for name, pct in rows), ""]

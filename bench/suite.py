@@ -77,6 +77,8 @@ class Run:
         self.plan = plan
         self.bootstrap = bootstrap
         self.logs = logs
+        logs.mkdir(parents=True, exist_ok=True)
+        self._started = 0
         stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
         self.prefix = f"bench-{stamp}-{secrets.token_hex(2)}."
         self.monitor = Monitor()
@@ -87,12 +89,16 @@ class Run:
         broker = broker_pid(bootstrap)
         if broker:
             self.monitor.track("broker", broker)
+            # kafka/broker.sh starts the JVM tuned for start-up (C1 only, serial GC): say so next to the numbers.
+            cmdline = Path(f"/proc/{broker}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            self.results["meta"]["broker_jvm_flags"] = [a for a in cmdline if a.startswith("-X")]
         self._procs: list[Proc] = []
 
     # ---- plumbing ----
 
     def start(self, role: str, args: list[str], ready: str | None = None, pipe: bool = False) -> Proc:
-        proc = Proc(role, args, self.logs / f"{self.prefix}{role}.log", pipe=pipe)
+        self._started += 1
+        proc = Proc(role, args, self.logs / f"{self.prefix}{self._started:02d}-{role}.log", pipe=pipe)
         self._procs.append(proc)
         if ready:
             proc.wait_for(ready)
@@ -190,7 +196,9 @@ class Run:
         if self.plan.memory_in_flight:
             before = self.monitor.rss_mb("frontend")
             n = (self.plan.memory_in_flight,)
-            client = self.loadgen([address], self.plan.memory_payloads, n)
+            # Calls take about a second at this depth: the window must be longer than one call.
+            client = self.loadgen([address], self.plan.memory_payloads, n, warmup=max(self.plan.warmup, 3.0),
+                                  duration=max(self.plan.duration, 3.0))
             for cell in self.measure("adapter", client, self.plan.memory_payloads, n):
                 cell["frontend_rss_mb_at_start"] = round(fresh, 1)
                 cell["frontend_rss_mb_before"] = round(before, 1)

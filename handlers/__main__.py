@@ -26,6 +26,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="records held before fetching pauses (default 16 x concurrency)")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="seconds to finish calls in progress at shutdown (default %(default)s)")
+    parser.add_argument("--session-timeout", type=float, default=10.0,
+                        help="seconds after which a dead process's partitions move to the others (default %(default)s)")
     add_kafka_arguments(parser)
     return parser.parse_args(argv)
 
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             max_pending=args.max_pending or 16 * args.concurrency,
             drain_timeout=args.drain_timeout,
+            session_timeout=args.session_timeout,
         )
         methods, services = collect(load_target(t) for t in args.targets)
         worker = Worker(config, methods, routes_for(services, config.kafka.topic_prefix))

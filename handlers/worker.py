@@ -73,6 +73,8 @@ class Worker(ConsumerRebalanceListener):
         self._consumer = await self._on_kafka_thread(
             make_consumer, kafka, group_id=self.config.group, auto_offset_reset="earliest",
             max_poll_records=self.config.max_pending,
+            session_timeout_ms=int(self.config.session_timeout * 1000),
+            heartbeat_interval_ms=int(self.config.session_timeout * 1000 / 3),
         )
         await self._on_kafka_thread(self._consumer.subscribe, self.topics, listener=self)
         log.info("consuming %s in group %s", ", ".join(self.topics), self.config.group)

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import empty_pb2, message_factory
+from google.protobuf import empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
 from adapter import wire
 from adapter.errors import ConfigError
-from adapter.protoset import ProtoSet
 from handlers.dispatcher import Dispatcher
 from handlers.registry import ServiceRegistry, collect, load_target
 from tests.kitchen_service import Kitchen
@@ -295,16 +294,46 @@ def test_concurrency_limit() -> None:
     assert most == 3
 
 
-def test_streaming_methods_are_unimplemented(tmp_path: Path) -> None:
-    (tmp_path / "s.proto").write_text(
-        'syntax = "proto3";\npackage t;\nmessage M {}\nservice S { rpc Watch(M) returns (stream M); }\n'
-    )
-    service = ProtoSet.load([tmp_path]).services[0]
-    registry = ServiceRegistry(service)
-    message_class = message_factory.GetMessageClass(service.methods[0].input_type)
-    registry.method("Watch")(lambda req, ctx: iter([message_class()]))
-    reply, _ = dispatch(registry.methods, request("/t.S/Watch", message_class()))
-    assert reply is not None and reply.code is grpc.StatusCode.UNIMPLEMENTED
+def test_server_streaming_emits_each_message_then_an_empty_ok() -> None:
+    async def run() -> tuple[wire.Reply | None, list[bytes]]:
+        dispatcher = Dispatcher(collect([Kitchen])[0], 4)
+        emitted: list[bytes] = []
+
+        async def emit(payload: bytes) -> None:
+            emitted.append(payload)
+
+        try:
+            reply = await dispatcher.handle(request("/rpctest.v1.Kitchen/CountUp", kitchen_pb2.Count(n=3)), PEER, emit=emit)
+        finally:
+            dispatcher.close()
+        return reply, emitted
+
+    reply, emitted = asyncio.run(run())
+    assert reply is not None and reply.code is grpc.StatusCode.OK and reply.payload == b""
+    assert [kitchen_pb2.Item.FromString(p).i for p in emitted] == [0, 1, 2]
+
+
+def test_client_stream_reads_the_request_iterator() -> None:
+    async def messages() -> Any:
+        for i in range(5):
+            yield kitchen_pb2.Item(i=i, data=b"ab").SerializeToString()
+
+    async def run() -> wire.Reply | None:
+        dispatcher = Dispatcher(collect([Kitchen])[0], 4)
+        opening = dataclasses.replace(request("/rpctest.v1.Kitchen/Collect"), opens_stream=True, payload=b"")
+        try:
+            return await dispatcher.handle(opening, PEER, requests=messages())
+        finally:
+            dispatcher.close()
+
+    reply = asyncio.run(run())
+    assert reply is not None and reply.code is grpc.StatusCode.OK
+    assert kitchen_pb2.Summary.FromString(reply.payload) == kitchen_pb2.Summary(count=5, total_bytes=10, order=range(5))
+
+
+def test_a_record_of_the_wrong_kind_for_the_method_is_invalid_argument() -> None:
+    reply = kitchen("Collect")  # a whole-call record for a client-streaming method
+    assert reply.code is grpc.StatusCode.INVALID_ARGUMENT and "client streaming" in reply.message
 
 
 # collect() and load_target().

@@ -37,6 +37,8 @@ from tests import procs
 pytestmark = pytest.mark.kafka
 
 SPRING = procs.REPO / "tests" / "interop" / "spring"
+#: interop.v1.Shout, served by the Spring replier: a test-only service, kept out of protos/.
+INTEROP_PROTOS = procs.REPO / "tests" / "interop" / "protos"
 JVM_FLAGS = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xss512k",
              "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.logFile=System.err"]
 
@@ -204,7 +206,7 @@ class ShoutStack:
 @functools.cache
 def shout_types() -> tuple[Any, Any]:
     """interop.v1.Text and Shouted, from the .proto (as the frontend loads it; no generated code needed)."""
-    pool = ProtoSet.load([procs.REPO / "protos"]).pool
+    pool = ProtoSet.load([INTEROP_PROTOS]).pool
     return (message_factory.GetMessageClass(pool.FindMessageTypeByName("interop.v1.Text")),
             message_factory.GetMessageClass(pool.FindMessageTypeByName("interop.v1.Shouted")))
 
@@ -218,7 +220,7 @@ def shout(kafka_bootstrap: str, spring_classpath: str, tmp_path_factory: pytest.
     try:
         for topic in ("interop.shout.upper", "interop.shout.ignore"):
             replier.wait_for(r'"event":"assigned","partitions":\[[^\]]*' + re.escape(f"{prefix}{topic}-"))
-        front, address = procs.frontend(tmp / "frontend.log", kafka_bootstrap, prefix)
+        front, address = procs.frontend(tmp / "frontend.log", kafka_bootstrap, prefix, "--proto-path", str(INTEROP_PROTOS))
     except BaseException:
         replier.stop()
         raise

@@ -238,9 +238,10 @@ def test_handler_killed_mid_stream_ends_the_call(kafka_bootstrap: str, prefix: s
             with pytest.raises(grpc.RpcError) as info:
                 for _ in call:
                     pass
-            assert info.value.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE,
-                                         grpc.StatusCode.DEADLINE_EXCEEDED)
-            assert time.monotonic() - started < 45
+            # The survivor takes the partition over after the session timeout (10 s) and reads the
+            # stream's opening again; the frontend sees the stream restart and ends the call.
+            assert info.value.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE), info.value.details()
+            assert time.monotonic() - started < 40
             # The survivor serves new streams.
             assert [i.i for i in kitchen.CountUp(kitchen_pb2.Count(n=5), timeout=30)] == list(range(5))
     finally:

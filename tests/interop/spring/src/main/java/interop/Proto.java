@@ -12,7 +12,7 @@ import java.util.List;
 /**
  * The few protobuf messages the interop programs use, encoded and decoded by hand with
  * protobuf-java's CodedOutputStream/CodedInputStream (no protoc, no generated code).
- * Field numbers are those of protos/rpctest/v1/kitchen.proto and protos/interop/v1/shout.proto.
+ * Field numbers are those of protos/rpctest/v1/kitchen.proto and tests/interop/protos/interop/v1/shout.proto.
  */
 final class Proto {
 

@@ -32,7 +32,7 @@ import org.springframework.messaging.handler.annotation.SendTo;
 /**
  * An ordinary Spring Kafka replier that knows nothing of kafka-rpc's rpc-* headers: a
  * {@code @KafkaListener} + {@code @SendTo} service for interop.v1.Shout
- * (protos/interop/v1/shout.proto), called through our gRPC frontend by
+ * (tests/interop/protos/interop/v1/shout.proto), called through our gRPC frontend by
  * tests/test_interop_spring.py.
  *
  * <pre>
