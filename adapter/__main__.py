@@ -28,6 +28,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="partitions of the reply topic if created: the most frontends sharing it (default %(default)s)")
     parser.add_argument("--default-timeout", type=float, default=30.0,
                         help="seconds to wait for a reply when the client sets no deadline (default %(default)s)")
+    parser.add_argument("--max-in-flight", type=int, default=10_000,
+                        help="calls in flight beyond which new calls get RESOURCE_EXHAUSTED (default %(default)s)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds calls in flight may take to finish at shutdown (default %(default)s)")
     add_kafka_arguments(parser)
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             reply_topic=args.reply_topic,
             reply_partitions=args.reply_partitions,
             default_timeout=args.default_timeout,
+            max_in_flight=args.max_in_flight,
         )
         protos = ProtoSet.load(config.proto_paths)
         log = logging.getLogger("adapter")

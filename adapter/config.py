@@ -74,6 +74,8 @@ class FrontendConfig:
     default_timeout: float = 30.0
     #: Seconds to wait at start for Kafka and a reply partition.
     start_timeout: float = 60.0
+    #: Calls in flight beyond which new calls get RESOURCE_EXHAUSTED at once.
+    max_in_flight: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.proto_paths:
@@ -87,6 +89,7 @@ class FrontendConfig:
         _positive("reply_partitions", self.reply_partitions)
         _positive("default_timeout", self.default_timeout)
         _positive("start_timeout", self.start_timeout)
+        _positive("max_in_flight", self.max_in_flight)
 
     @property
     def reply_group(self) -> str:
@@ -108,6 +111,15 @@ class WorkerConfig:
     drain_timeout: float = 30.0
     #: Seconds without a heartbeat after which a dead process's partitions move to the others.
     session_timeout: float = 10.0
+    #: fnmatch patterns of the topics replies may be produced to; a forged record naming another
+    #: topic goes to the dead-letter topic instead.
+    reply_topics: tuple[str, ...] = ("*replies*", "*reply*")
+    #: Where requests that cannot be answered go, with the reason in a header.
+    dead_letter_topic: str = "kafka-rpc.dead-letters"
+    #: Seconds a reply is kept for calls retried with the same idempotency key.
+    dedupe_window: float = 300.0
+    #: Replies kept for retries at most (the oldest go first).
+    dedupe_entries: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -117,5 +129,10 @@ class WorkerConfig:
         if self.max_pending < self.concurrency:
             raise ConfigError("max_pending must be at least concurrency")
         _positive("drain_timeout", self.drain_timeout)
-        if not 6 <= self.session_timeout <= 300:
-            raise ConfigError(f"session_timeout must be between 6 and 300 seconds (the broker's limits), got {self.session_timeout}")
+        if not self.reply_topics:
+            raise ConfigError("reply_topics: at least one pattern is needed ('*' allows any topic)")
+        check_topic(self.dead_letter_topic, "dead_letter_topic")
+        if self.dedupe_window < 0 or self.dedupe_entries < 0:
+            raise ConfigError("dedupe_window and dedupe_entries must not be negative")
+        if not 6 <= self.session_timeout <= 1800:
+            raise ConfigError(f"session_timeout must be within the broker's limits, 6 to 1800 s; got {self.session_timeout}")

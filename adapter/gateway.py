@@ -111,18 +111,25 @@ class Gateway:
         return grpc.stream_stream_rpc_method_handler(functools.partial(self._bidi_stream, route))
 
     async def _unary(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        key = await _key(route, request, context)
+        key, idempotency_key = await _keys(route, request, context)
+        metadata = wire.call_metadata(context.invocation_metadata())
+        for name, value in metadata:
+            if name == wire.IDEMPOTENCY_METADATA:
+                idempotency_key = value if isinstance(value, bytes) else value.encode()
+        if self.requester.in_flight >= self.config.max_in_flight:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"over {self.config.max_in_flight} calls in flight in this frontend; retry later")
         try:
             reply = await self.requester.call(
-                route.path, request, topic=route.topic, key=key,
-                metadata=wire.call_metadata(context.invocation_metadata()), timeout=context.time_remaining(),
+                route.path, request, topic=route.topic, key=key, metadata=metadata,
+                timeout=context.time_remaining(), idempotency_key=idempotency_key,
             )
         except CallError as exc:
             await context.abort(exc.code, exc.details)
         return await _finish(reply, context)
 
     async def _server_stream(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        key = await _key(route, request, context)
+        key, _ = await _keys(route, request, context)
         stream = await self._open(route, context, request=request, key=key)
         async for message in _responses(stream, context):
             yield message
@@ -162,6 +169,9 @@ class Gateway:
 
     async def _open(self, route: Route, context: grpc.aio.ServicerContext, request: bytes | None,
                     key: bytes | None = None) -> Stream:
+        if self.requester.in_flight >= self.config.max_in_flight:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"over {self.config.max_in_flight} calls in flight in this frontend; retry later")
         try:
             return self.requester.open_stream(
                 route.path, topic=route.topic, request=request, key=key,
@@ -188,9 +198,9 @@ class Gateway:
                 serving = ok
 
 
-async def _key(route: Route, request: bytes, context: grpc.aio.ServicerContext) -> bytes | None:
+async def _keys(route: Route, request: bytes, context: grpc.aio.ServicerContext) -> tuple[bytes | None, bytes | None]:
     try:
-        return route.key_for(request)
+        return route.keys_for(request)
     except DecodeError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {route.input_type.full_name}: {exc}")
         raise AssertionError("unreachable") from exc

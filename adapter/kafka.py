@@ -92,7 +92,7 @@ def ensure_topics(config: KafkaConfig, partitions: Mapping[str, int]) -> None:
         ]
         try:
             with translated(f"creating topics {', '.join(missing)}"):
-                admin.create_topics(new)
+                admin.create_topics(new, wait_for_metadata=True)
         except TransportError as exc:
             if not isinstance(exc.__cause__, TopicAlreadyExistsError):
                 raise

@@ -61,6 +61,8 @@ class ReplyListener(ConsumerRebalanceListener):
 
     def start(self) -> None:
         """Subscribe and start reading."""
+        # Metadata first, so the group's first assignment already has the partitions.
+        self._consumer.partitions_for_topic(self._config.reply_topic)
         self._consumer.subscribe([self._config.reply_topic], listener=self)
         self._thread.start()
 

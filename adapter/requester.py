@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -96,11 +97,18 @@ class Requester:
         key: bytes | None = None,
         metadata: wire.Metadata = (),
         timeout: float | None = None,
+        idempotency_key: bytes | None = None,
     ) -> wire.Reply:
-        """Send one request and return its reply. Raises `CallTimeout` or `CallError`."""
+        """Send one request and return its reply. Raises `CallTimeout` or `CallError`.
+
+        Without a `key`, the idempotency key (so that retries meet on one partition) or the
+        correlation id is the record key; a later cancel record goes to the same partition.
+        """
         request, partition = self._request(method, payload, metadata, timeout, opens_stream=False)
+        if idempotency_key is not None:
+            request = dataclasses.replace(request, idempotency_key=idempotency_key)
         cid = request.correlation_id
-        key = cid if key is None else key  # the key also steers a later cancel to the same partition
+        key = key if key is not None else idempotency_key if idempotency_key is not None else cid
         future = asyncio.get_running_loop().create_future()
         # The waiter exists before the record does, so even an instant reply finds it.
         self._pending[cid] = _Pending(future, partition)

@@ -25,6 +25,7 @@ from adapter.errors import ProtoError
 _SERVICE_TOPIC = "kafka_rpc.service_topic"
 _METHOD_TOPIC = "kafka_rpc.topic"
 _PARTITION_KEY = "kafka_rpc.partition_key"
+_IDEMPOTENCY_KEY = "kafka_rpc.idempotency_key"
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,30 @@ class Route:
     server_streaming: bool = False
     #: Request field whose value is the record key, or None.
     key_field: FieldDescriptor | None = None
+    #: Request field whose value is the call's idempotency key, or None.
+    idempotency_field: FieldDescriptor | None = None
 
     def key_for(self, request: bytes) -> bytes | None:
         """The record key for a serialized request (parses it only when a key field is set)."""
-        if self.key_field is None:
-            return None
+        return self.keys_for(request)[0]
+
+    def keys_for(self, request: bytes) -> tuple[bytes | None, bytes | None]:
+        """The record key and the idempotency key of a serialized request, from its fields."""
+        if self.key_field is None and self.idempotency_field is None:
+            return None, None
         message = message_factory.GetMessageClass(self.input_type).FromString(request)
-        value = getattr(message, self.key_field.name)
-        if isinstance(value, bytes):
-            return value
-        if isinstance(value, bool):
-            return b"true" if value else b"false"
-        return str(value).encode()
+        return _field_bytes(message, self.key_field), _field_bytes(message, self.idempotency_field)
+
+
+def _field_bytes(message: Any, field: FieldDescriptor | None) -> bytes | None:
+    if field is None:
+        return None
+    value = getattr(message, field.name)
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    return str(value).encode()
 
 
 def method_path(method: MethodDescriptor) -> str:
@@ -74,23 +87,25 @@ def routes_for(services: Iterable[ServiceDescriptor], topic_prefix: str = "") ->
                 output_type=method.output_type,
                 client_streaming=method.client_streaming,
                 server_streaming=method.server_streaming,
-                key_field=_key_field(method, _option(method, "MethodOptions", _PARTITION_KEY)),
+                key_field=_key_field(method, _option(method, "MethodOptions", _PARTITION_KEY), "partition_key"),
+                idempotency_field=_key_field(method, _option(method, "MethodOptions", _IDEMPOTENCY_KEY),
+                                             "idempotency_key"),
             )
     return routes
 
 
-def _key_field(method: MethodDescriptor, name: str | None) -> FieldDescriptor | None:
+def _key_field(method: MethodDescriptor, name: str | None, option: str) -> FieldDescriptor | None:
     if not name:
         return None
     path = method_path(method)
     field = method.input_type.fields_by_name.get(name)
     if field is None:
-        raise ProtoError(f"{path}: partition_key {name!r} is not a field of {method.input_type.full_name}")
+        raise ProtoError(f"{path}: {option} {name!r} is not a field of {method.input_type.full_name}")
     if field.is_repeated or field.type in (
         FieldDescriptor.TYPE_MESSAGE,
         FieldDescriptor.TYPE_GROUP,
     ):
-        raise ProtoError(f"{path}: partition_key {name!r} must be a singular scalar field")
+        raise ProtoError(f"{path}: {option} {name!r} must be a singular scalar field")
     return field
 
 

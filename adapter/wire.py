@@ -52,11 +52,18 @@ REPLY_PARTITION = "kafka_replyPartition"
 METHOD = "rpc-method"
 DEADLINE = "rpc-deadline"
 STATUS = "rpc-status"
-MESSAGE = "rpc-message"
+STATUS_MESSAGE = "rpc-message"
 METADATA_PREFIX = "rpc-md-"
 TRAILER_PREFIX = "rpc-tm-"
 KIND = "rpc-kind"
 SEQ = "rpc-seq"
+IDEMPOTENCY_KEY = "rpc-idempotency-key"
+# On records moved to the dead-letter topic, beside the original headers.
+DEAD_LETTER_REASON = "rpc-dead-letter-reason"
+DEAD_LETTER_SOURCE = "rpc-dead-letter-source"
+
+#: gRPC metadata key a client sets to make retries of a call idempotent.
+IDEMPOTENCY_METADATA = "idempotency-key"
 
 # Values of rpc-kind. A record without it is a whole call (request) or its final status (reply).
 OPEN = "open"  # request: opens a client or bidi stream; the call's headers, no message
@@ -97,12 +104,16 @@ class Request:
     payload: bytes = b""
     #: True for a client or bidi stream: this record opens it and its messages follow as Frames.
     opens_stream: bool = False
+    #: Same key, same method: a retry of the same call (the handler may return the first reply).
+    idempotency_key: bytes | None = None
 
     def encode_headers(self) -> list[tuple[str, bytes]]:
         """The Kafka headers for this request (the value is `payload`)."""
         headers = [(CORRELATION_ID, self.correlation_id), (METHOD, self.method.encode())]
         if self.opens_stream:
             headers.append((KIND, OPEN.encode()))
+        if self.idempotency_key is not None:
+            headers.append((IDEMPOTENCY_KEY, self.idempotency_key))
         if self.reply_topic is not None:
             headers.append((REPLY_TOPIC, self.reply_topic.encode()))
         if self.reply_partition is not None:
@@ -144,6 +155,7 @@ class Request:
             metadata=_decode_metadata(METADATA_PREFIX, headers),
             payload=value or b"",
             opens_stream=last.get(KIND) == OPEN.encode(),
+            idempotency_key=last.get(IDEMPOTENCY_KEY),
         )
 
     def time_remaining(self, now: float | None = None) -> float | None:
@@ -167,7 +179,7 @@ class Reply:
         """The Kafka headers for this reply (the value is `payload`)."""
         headers = [(CORRELATION_ID, self.correlation_id), (STATUS, str(self.code.value[0]).encode())]
         if self.message:
-            headers.append((MESSAGE, self.message.encode()))
+            headers.append((STATUS_MESSAGE, self.message.encode()))
         headers.extend(_encode_metadata(TRAILER_PREFIX, self.trailing_metadata))
         return headers
 
@@ -187,7 +199,7 @@ class Reply:
         return cls(
             correlation_id=correlation_id,
             code=code,
-            message=_text(last, MESSAGE) or "",
+            message=_text(last, STATUS_MESSAGE) or "",
             trailing_metadata=_decode_metadata(TRAILER_PREFIX, headers),
             payload=value or b"",
         )
@@ -248,6 +260,11 @@ def _is_frame(headers: Headers | None) -> bool:
         if name == KIND:
             kind = value
     return kind is not None and kind not in (b"", OPEN.encode())
+
+
+def dead_letter_headers(headers: Headers | None, reason: str, source: str) -> list[tuple[str, bytes]]:
+    """The headers of a record moved to the dead-letter topic: its own, then why and whence."""
+    return [*(headers or ()), (DEAD_LETTER_REASON, reason.encode()), (DEAD_LETTER_SOURCE, source.encode())]
 
 
 def correlation_id_of(headers: Headers | None) -> bytes | None:

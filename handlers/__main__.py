@@ -26,6 +26,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="records held before fetching pauses (default 16 x concurrency)")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="seconds to finish calls in progress at shutdown (default %(default)s)")
+    parser.add_argument("--allow-reply-topic", action="append", metavar="PATTERN",
+                        help="fnmatch pattern of topics replies may go to (repeatable; default *replies* and *reply*)")
+    parser.add_argument("--dead-letter-topic", default=env("KAFKA_RPC_DEAD_LETTER_TOPIC", "kafka-rpc.dead-letters"),
+                        help="where unanswerable requests go, with the reason in a header (default %(default)s)")
+    parser.add_argument("--dedupe-window", type=float, default=300.0,
+                        help="seconds a reply is kept for retries with the same idempotency key; 0 disables "
+                        "(default %(default)s)")
     parser.add_argument("--session-timeout", type=float, default=10.0,
                         help="seconds after which a dead process's partitions move to the others (default %(default)s)")
     add_kafka_arguments(parser)
@@ -49,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             max_pending=args.max_pending or 16 * args.concurrency,
             drain_timeout=args.drain_timeout,
             session_timeout=args.session_timeout,
+            reply_topics=tuple(args.allow_reply_topic or ("*replies*", "*reply*")),
+            dead_letter_topic=args.dead_letter_topic,
+            dedupe_window=args.dedupe_window,
         )
         methods, services = collect(load_target(t) for t in args.targets)
         worker = Worker(config, methods, routes_for(services, config.kafka.topic_prefix))

@@ -13,6 +13,7 @@ to its call. No Kafka here: `send` produces a reply record, `handlers.worker` do
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,12 +22,13 @@ import grpc
 
 from adapter import wire
 from handlers.context import HandlerContext
+from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
-#: Produce one reply record for `request` (to its reply topic and partition).
-Send = Callable[[wire.Request, wire.Reply | wire.Frame], Awaitable[None]]
+#: Produce one reply record for `request` (to its reply topic and partition, with the request's key).
+Send = Callable[[wire.Request, wire.Reply | wire.Frame, bytes | None], Awaitable[None]]
 Partition = tuple[str, int]
 
 
@@ -79,6 +81,7 @@ class _Call:
     request: wire.Request
     context: HandlerContext
     partition: Partition | None
+    key: bytes | None = None
     requests: RequestStream | None = None
     task: asyncio.Task[None] | None = None
     sent: int = 0
@@ -89,9 +92,11 @@ class _Call:
 class Calls:
     """Starts calls, routes their frames, cancels and aborts them."""
 
-    def __init__(self, dispatcher: Dispatcher, send: Send, max_queued: int = 4096) -> None:
+    def __init__(self, dispatcher: Dispatcher, send: Send, max_queued: int = 4096,
+                 replies: ReplyCache | None = None) -> None:
         self.dispatcher = dispatcher
         self._send = send
+        self.replies = replies
         self._max_queued = max_queued
         self._calls: dict[bytes, _Call] = {}
         #: Frames for no running call (their call ended, or ran elsewhere).
@@ -101,7 +106,8 @@ class Calls:
     def __len__(self) -> int:
         return len(self._calls)
 
-    def accept(self, record: wire.Request | wire.Frame, peer: str, partition: Partition | None = None) -> asyncio.Task[None] | None:
+    def accept(self, record: wire.Request | wire.Frame, peer: str, partition: Partition | None = None,
+               key: bytes | None = None) -> asyncio.Task[None] | None:
         """Start a call (returns the task that ends when its reply is sent) or route a frame (None)."""
         if isinstance(record, wire.Frame):
             self._route(record)
@@ -109,12 +115,37 @@ class Calls:
         if record.correlation_id in self._calls:
             log.warning("ignored a second opening of call %s (%s)", record.correlation_id.hex(), peer)
             return None
-        call = _Call(record, HandlerContext(record, peer), partition)
+        dedupe = self._dedupe_key(record)
+        if dedupe is not None and self.replies is not None:
+            first = self.replies.get(dedupe)
+            if first is not None:
+                return asyncio.get_running_loop().create_task(self._replay(record, first, peer, partition, key))
+            self.replies.begin(dedupe)
+        return self._start(record, peer, partition, key)
+
+    def _start(self, record: wire.Request, peer: str, partition: Partition | None, key: bytes | None) -> asyncio.Task[None]:
+        call = _Call(record, HandlerContext(record, peer), partition, key)
         if record.opens_stream:
             call.requests = RequestStream(self._max_queued)
         self._calls[record.correlation_id] = call
         call.task = asyncio.get_running_loop().create_task(self._serve(call))
         return call.task
+
+    def _dedupe_key(self, record: wire.Request) -> tuple[str, bytes] | None:
+        method = self.dispatcher.methods.get(record.method)
+        if record.idempotency_key is None or method is None or method.client_streaming or method.server_streaming:
+            return None  # streams are not replayed: their messages went out one by one
+        return record.method, record.idempotency_key
+
+    async def _replay(self, record: wire.Request, first: asyncio.Future[wire.Reply | None], peer: str,
+                      partition: Partition | None, key: bytes | None) -> None:
+        reply = await asyncio.shield(first)
+        if reply is None:
+            await self._start(record, peer, partition, key)
+            return
+        log.debug("call %s is a retry of %s: replaying its reply", record.correlation_id.hex(), record.method)
+        if record.reply_topic:
+            await self._send(record, dataclasses.replace(reply, correlation_id=record.correlation_id), key)
 
     def cancel(self, correlation_id: bytes, why: str = "cancelled by the caller") -> None:
         """The caller is gone: the handler sees is_active() false, its task is cancelled, nothing more is sent."""
@@ -138,7 +169,7 @@ class Calls:
             if call.request.reply_topic:
                 reply = wire.Reply(call.request.correlation_id, code=code, message=message)
                 try:
-                    await self._send(call.request, reply)
+                    await self._send(call.request, reply, call.key)
                 except Exception as exc:
                     log.warning("could not send %s to call %s: %s", code.name, call.request.correlation_id.hex(), exc)
         await asyncio.gather(*(c.task for c in doomed if c.task is not None), return_exceptions=True)
@@ -172,21 +203,25 @@ class Calls:
             if call.ended:
                 raise asyncio.CancelledError()
             if request.reply_topic:
-                await self._send(request, wire.Frame(request.correlation_id, wire.MESSAGE, call.sent, payload))
+                await self._send(request, wire.Frame(request.correlation_id, wire.MESSAGE, call.sent, payload), call.key)
             call.sent += 1
 
+        reply = None
         try:
             reply = await self.dispatcher.handle(request, call.context.peer(), requests=call.requests, emit=emit,
                                                  context=call.context)
             if reply is not None and request.reply_topic and not call.ended:
                 call.ended = True
-                await self._send(request, reply)
+                await self._send(request, reply, call.key)
         except asyncio.CancelledError:
             if not call.ended:
                 raise  # not our cancel: shutdown
             call.context.run_callbacks()
         finally:
             call.ended = True
+            dedupe = self._dedupe_key(request)
+            if dedupe is not None and self.replies is not None:
+                self.replies.finish(dedupe, reply if reply is not None and not call.context.cancelled else None)
             if call.timer is not None:
                 call.timer.cancel()
             self._calls.pop(request.correlation_id, None)

@@ -94,6 +94,10 @@ class HandlerContext:
     def cancel(self) -> None:
         self._cancelled = True
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     # Accepted for compatibility; they have no meaning over Kafka.
     def send_initial_metadata(self, metadata: Any) -> None:
         log.debug("initial metadata is not carried over Kafka; ignored")

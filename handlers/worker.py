@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fnmatch
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,6 +28,7 @@ from adapter.errors import MalformedRecord
 from adapter.kafka import ensure_topics, make_consumer, make_producer
 from adapter.routing import Route
 from handlers.calls import Calls
+from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
 from handlers.offsets import OffsetTracker, Partition
 from handlers.registry import Method
@@ -52,12 +54,14 @@ class Worker(ConsumerRebalanceListener):
                 by_topic.setdefault(routes[path].topic, []).append(path)
         self._sole_method = {topic: paths[0] for topic, paths in by_topic.items() if len(paths) == 1}
         self.dispatcher = Dispatcher(methods, config.concurrency)
-        self.calls = Calls(self.dispatcher, self._send)
+        self.calls = Calls(self.dispatcher, self._send,
+                           replies=ReplyCache(config.dedupe_window, config.dedupe_entries))
+        self.dead_lettered = 0
         self._windows: dict[bytes, list[asyncio.Future[None]]] = {}
         self.tracker = OffsetTracker()
         self.replied = 0
         self.malformed = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._kafka_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer: Any = None
@@ -68,7 +72,8 @@ class Worker(ConsumerRebalanceListener):
         """Consume until `stop` is set, then drain: finish, reply, commit, leave the group."""
         self._loop = asyncio.get_running_loop()
         kafka = self.config.kafka
-        await asyncio.to_thread(ensure_topics, kafka, {t: kafka.topic_partitions for t in self.topics})
+        topics = {t: kafka.topic_partitions for t in [*self.topics, self.config.dead_letter_topic]}
+        await asyncio.to_thread(ensure_topics, kafka, topics)
         self._producer = await asyncio.to_thread(make_producer, kafka)
         self._consumer = await self._on_kafka_thread(
             make_consumer, kafka, group_id=self.config.group, auto_offset_reset="earliest",
@@ -76,6 +81,10 @@ class Worker(ConsumerRebalanceListener):
             session_timeout_ms=int(self.config.session_timeout * 1000),
             heartbeat_interval_ms=int(self.config.session_timeout * 1000 / 3),
         )
+        # Know every topic's partitions before joining: joining first makes the group assign
+        # nothing, then rebalance again as soon as the metadata arrives.
+        for topic in self.topics:
+            await self._on_kafka_thread(self._consumer.partitions_for_topic, topic)
         await self._on_kafka_thread(self._consumer.subscribe, self.topics, listener=self)
         log.info("consuming %s in group %s", ", ".join(self.topics), self.config.group)
         if ready is not None:
@@ -99,19 +108,45 @@ class Worker(ConsumerRebalanceListener):
             decoded = wire.decode_request(record.headers, record.value)
         except MalformedRecord as exc:
             self.malformed += 1
-            log.warning("skipped malformed request %s: %s", where, exc)
-            self.tracker.done(record.topic, record.partition, record.offset)
+            self._reject(record, where, f"malformed request: {exc}")
             return
-        if isinstance(decoded, wire.Request) and not decoded.method and record.topic in self._sole_method:
-            decoded = dataclasses.replace(decoded, method=self._sole_method[record.topic])
-        task = self.calls.accept(decoded, peer=f"kafka:{where}", partition=(record.topic, record.partition))
+        if isinstance(decoded, wire.Request):
+            if decoded.reply_topic is not None and not self._reply_allowed(decoded.reply_topic):
+                self._reject(record, where, f"reply topic {decoded.reply_topic!r} is not allowed")
+                return
+            if not decoded.method and record.topic in self._sole_method:
+                decoded = dataclasses.replace(decoded, method=self._sole_method[record.topic])
+        task = self.calls.accept(decoded, peer=f"kafka:{where}", partition=(record.topic, record.partition),
+                                 key=record.key)
         if task is None:
             self.tracker.done(record.topic, record.partition, record.offset)
             return
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(t, record, where))
 
-    def _finished(self, task: asyncio.Task[None], record: Any, where: str) -> None:
+    def _reply_allowed(self, topic: str) -> bool:
+        return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.config.reply_topics)
+
+    def _reject(self, record: Any, where: str, reason: str) -> None:
+        """A record we cannot serve: answer it if we can, else move it to the dead-letter topic."""
+        log.warning("rejected %s: %s", where, reason)
+        headers = record.headers or []
+        cid = wire.correlation_id_of(headers)
+        reply_to = [bytes(v or b"") for n, v in headers if n == wire.REPLY_TOPIC]
+        reply_topic = reply_to[-1].decode(errors="replace") if reply_to else None
+        if cid and reply_topic and self._reply_allowed(reply_topic):
+            reply = wire.Reply(cid, code=grpc.StatusCode.INVALID_ARGUMENT, message=reason)
+            future = self._producer.send(reply_topic, value=b"", headers=reply.encode_headers())
+        else:
+            self.dead_lettered += 1
+            future = self._producer.send(self.config.dead_letter_topic, value=record.value, key=record.key,
+                                         headers=wire.dead_letter_headers(headers, reason, where))
+        acked = self._acked(future)
+        task = asyncio.ensure_future(acked)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(t, record, where))
+
+    def _finished(self, task: asyncio.Future[None], record: Any, where: str) -> None:
         self._tasks.discard(task)
         # The offset of a call's opening record is done only once its final reply is sent.
         self.tracker.done(record.topic, record.partition, record.offset)
@@ -120,11 +155,11 @@ class Worker(ConsumerRebalanceListener):
         else:
             self.replied += 1
 
-    async def _send(self, request: wire.Request, record: wire.Reply | wire.Frame) -> None:
+    async def _send(self, request: wire.Request, record: wire.Reply | wire.Frame, key: bytes | None) -> None:
         """Produce one reply record; stream messages are pipelined, a final reply waits for all."""
         assert self._loop is not None and request.reply_topic is not None
         future = self._producer.send(
-            request.reply_topic, value=record.payload, headers=record.encode_headers(),
+            request.reply_topic, value=record.payload, key=key, headers=record.encode_headers(),
             partition=request.reply_partition,
         )
         acked = self._acked(future)
@@ -210,10 +245,13 @@ class Worker(ConsumerRebalanceListener):
         parts = {(tp.topic, tp.partition) for tp in revoked}
         offsets = asyncio.run_coroutine_threadsafe(self._take_committable(parts), self._loop).result()
         if offsets:
+            # kafka-python 3 calls this on its I/O thread, where a blocking commit is refused;
+            # the asynchronous one still goes out before the group is joined again.
             try:
-                self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()})
-            except KafkaError as exc:
-                log.warning("commit on revocation failed: %s", exc)
+                commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+                self._consumer.commit_async(commit, self._commit_done)
+            except Exception as exc:
+                log.warning("commit on revocation failed (the records will be redelivered): %s", exc)
         log.info("partitions revoked: %s", ", ".join(f"{t}/{p}" for t, p in sorted(parts)))
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:

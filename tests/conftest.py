@@ -47,3 +47,11 @@ def grpcurl() -> str:
     if not path.exists():
         subprocess.run(["make", "-s", "-C", str(REPO), "tools"], check=True)
     return str(path)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop processes a failed test left running (a passing test stops its own)."""
+    from tests import procs
+
+    for proc in list(procs.STARTED):
+        proc.stop(timeout=10)

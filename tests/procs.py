@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+#: Every process started, so the session can stop what a failed test left running.
+STARTED: list[Proc] = []
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -29,6 +31,7 @@ class Proc:
         self.log = log
         self._out = log.open("wb")
         self.popen = subprocess.Popen(args, cwd=REPO, env=env or child_env(), stdout=self._out, stderr=subprocess.STDOUT)
+        STARTED.append(self)
 
     @property
     def pid(self) -> int:
@@ -50,6 +53,8 @@ class Proc:
         raise AssertionError(f"timed out waiting for {pattern!r} from {' '.join(self.args)}:\n{self.output()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self in STARTED:
+            STARTED.remove(self)
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
             try:
@@ -70,7 +75,11 @@ def frontend(log: Path, bootstrap: str, prefix: str, *extra: str, reply_topic: s
          "--topic-partitions", "4", *extra],
         log,
     )
-    address = proc.wait_for(r"serving on (\S+)").group(1)
+    try:
+        address = proc.wait_for(r"serving on (\S+)").group(1)
+    except AssertionError:
+        proc.stop()
+        raise
     return proc, address
 
 
@@ -86,5 +95,11 @@ def handler(log: Path, bootstrap: str, prefix: str, *extra: str, env: dict[str, 
         log,
         env=child_env(**(env or {})),
     )
-    proc.wait_for(r"handlers: serving")
+    try:
+        proc.wait_for(r"handlers: serving")
+        # Only once the group has given it partitions is a call served without a join delay.
+        proc.wait_for(r"partitions assigned", timeout=90)
+    except AssertionError:
+        proc.stop()
+        raise
     return proc

@@ -225,10 +225,10 @@ def test_handler_killed_mid_stream_ends_the_call(kafka_bootstrap: str, prefix: s
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
     first = procs.handler(tmp_path / "h1.log", kafka_bootstrap, prefix, targets=["tests.kitchen_service:Kitchen"])
     second = procs.handler(tmp_path / "h2.log", kafka_bootstrap, prefix, targets=["tests.kitchen_service:Kitchen"])
-    for proc in (first, second):
-        proc.wait_for(rf"partitions assigned: .*{prefix.replace('.', '[.]')}rpctest[.]v1[.]Kitchen/", timeout=60)
     victims = {first.pid: first, second.pid: second}
     try:
+        for proc in (first, second):
+            proc.wait_for(rf"partitions assigned: .*{prefix.replace('.', '[.]')}rpctest[.]v1[.]Kitchen/", timeout=60)
         with grpc.insecure_channel(address) as channel:
             kitchen = kitchen_pb2_grpc.KitchenStub(channel)
             started = time.monotonic()

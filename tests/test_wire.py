@@ -70,7 +70,7 @@ def test_reply_round_trip() -> None:
 def test_reply_ok_round_trip_has_no_message_header() -> None:
     reply = Reply(correlation_id=CID, payload=b"response")
     headers = reply.encode_headers()
-    assert header(headers, wire.MESSAGE) == []
+    assert header(headers, wire.STATUS_MESSAGE) == []
     assert Reply.decode(headers, reply.payload) == reply
 
 
@@ -178,7 +178,7 @@ MALFORMED_REPLIES = {
     "missing correlation id": ([(wire.STATUS, b"0")], wire.CORRELATION_ID),
     "non-numeric status": ([(wire.CORRELATION_ID, CID), (wire.STATUS, b"OK")], wire.STATUS),
     "empty status": ([(wire.CORRELATION_ID, CID), (wire.STATUS, b"")], wire.STATUS),
-    "non-UTF-8 message": ([(wire.CORRELATION_ID, CID), (wire.MESSAGE, b"\x80")], wire.MESSAGE),
+    "non-UTF-8 message": ([(wire.CORRELATION_ID, CID), (wire.STATUS_MESSAGE, b"\x80")], wire.STATUS_MESSAGE),
     "non-UTF-8 text trailer": ([(wire.CORRELATION_ID, CID), ("rpc-tm-x-why", b"\xff")], "rpc-tm-x-why"),
     "empty trailer key": ([(wire.CORRELATION_ID, CID), ("rpc-tm-", b"v")], "rpc-tm-"),
 }
@@ -283,7 +283,7 @@ def test_any_reply_round_trips(reply: Reply) -> None:
 
 _NAMES = st.sampled_from(
     [wire.CORRELATION_ID, wire.REPLY_TOPIC, wire.REPLY_PARTITION, wire.METHOD, wire.DEADLINE, wire.STATUS,
-     wire.MESSAGE, wire.METADATA_PREFIX, wire.TRAILER_PREFIX, "rpc-md-x", "rpc-md-x-bin", "rpc-tm-y", "rpc-tm-y-bin"]
+     wire.STATUS_MESSAGE, wire.METADATA_PREFIX, wire.TRAILER_PREFIX, "rpc-md-x", "rpc-md-x-bin", "rpc-tm-y", "rpc-tm-y-bin"]
 ) | st.text()
 _VALUES = st.binary() | st.integers().map(lambda n: str(n).encode()) | st.text().map(str.encode)
 _HEADERS = st.none() | st.lists(st.tuples(_NAMES, _VALUES))

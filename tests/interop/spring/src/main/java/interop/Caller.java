@@ -1,5 +1,6 @@
 package interop;
 
+import java.lang.management.ManagementFactory;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -73,6 +74,7 @@ public final class Caller {
                     throw new IllegalStateException("reply container got no partition within 30 s");
                 }
             }
+            Json.print(Json.object("event", "ready", "uptime", ManagementFactory.getRuntimeMXBean().getUptime() / 1e3));
             int i = 0;
             for (String correlation : new String[] {"binary", "string"}) {
                 for (String replies : new String[] {"group", "pinned"}) {
@@ -129,6 +131,7 @@ public final class Caller {
         ContainerProperties properties = pinned
                 ? new ContainerProperties(new TopicPartitionOffset(topic, PINNED_PARTITION))
                 : new ContainerProperties(topic);
+        properties.setPollTimeout(200); // stop() waits for the poll in progress: keep exits quick
         KafkaMessageListenerContainer<byte[], byte[]> container =
                 new KafkaMessageListenerContainer<>(new DefaultKafkaConsumerFactory<>(consumer), properties);
         ReplyingKafkaTemplate<byte[], byte[], byte[]> template =
@@ -173,7 +176,7 @@ public final class Caller {
         // A deadline already past: the handler skips the call and sends nothing.
         ProducerRecord<byte[], byte[]> expired = kitchen("Nothing", new byte[0]);
         expired.headers().add(DEADLINE, utf8(Long.toString(System.currentTimeMillis() - 1_000)));
-        call("expired", template, expired, Json::base64, Duration.ofSeconds(3));
+        call("expired", template, expired, Json::base64, Duration.ofSeconds(2));
     }
 
     private ProducerRecord<byte[], byte[]> kitchen(String method, byte[] value) {

@@ -1,5 +1,6 @@
 package interop;
 
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
@@ -27,7 +28,9 @@ import org.springframework.kafka.core.DefaultKafkaProducerFactory;
 import org.springframework.kafka.core.KafkaAdmin;
 import org.springframework.kafka.core.KafkaTemplate;
 import org.springframework.kafka.listener.ConsumerSeekAware;
+import org.springframework.messaging.Message;
 import org.springframework.messaging.handler.annotation.SendTo;
+import org.springframework.messaging.support.MessageBuilder;
 
 /**
  * An ordinary Spring Kafka replier that knows nothing of kafka-rpc's rpc-* headers: a
@@ -74,6 +77,11 @@ public class Replier {
     }
 
     @Bean
+    public NewTopic refuseTopic(@Value("${prefix}") String prefix) {
+        return new NewTopic(prefix + "interop.shout.refuse", 4, (short) 1);
+    }
+
+    @Bean
     public KafkaTemplate<byte[], byte[]> replyTemplate(@Value("${bootstrap}") String bootstrap) {
         return new KafkaTemplate<>(new DefaultKafkaProducerFactory<>(Map.of(
                 ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap,
@@ -93,6 +101,7 @@ public class Replier {
                 ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class,
                 ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class)));
         factory.setReplyTemplate(replyTemplate); // what @SendTo sends with
+        factory.getContainerProperties().setPollTimeout(200); // quick shutdown
         return factory;
     }
 
@@ -122,6 +131,21 @@ public class Replier {
         public byte[] ignore(ConsumerRecord<byte[], byte[]> request) {
             report(request);
             return null;
+        }
+
+        /**
+         * interop.v1.Shout/Refuse: a listener that reports an error the kafka-rpc way, with
+         * rpc-status and rpc-message headers on its reply (Spring adds the topic, partition and
+         * correlation id to a returned Message as to any reply).
+         */
+        @KafkaListener(id = "refuse", topics = "${prefix}interop.shout.refuse")
+        @SendTo
+        public Message<byte[]> refuse(ConsumerRecord<byte[], byte[]> request) {
+            report(request);
+            return MessageBuilder.withPayload(new byte[0])
+                    .setHeader("rpc-status", "9".getBytes(StandardCharsets.US_ASCII)) // FAILED_PRECONDITION
+                    .setHeader("rpc-message", ("refusé: " + Proto.text(request.value())).getBytes(StandardCharsets.UTF_8))
+                    .build();
         }
 
         private static void report(ConsumerRecord<byte[], byte[]> request) {
