@@ -12,12 +12,12 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from adapter.config import KafkaConfig
 from adapter.errors import MissingTopic, TransportError
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ import logging
 import threading
 from collections.abc import Callable
 
+from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
 from adapter import wire
 from adapter.config import FrontendConfig
 from adapter.errors import MalformedRecord
 from adapter.kafka import make_consumer
-from kafka import ConsumerRebalanceListener, TopicPartition
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from kafka import KafkaAdminClient
+
 from adapter import wire
 from adapter.config import FrontendConfig
 from adapter.errors import TransportError
 from adapter.kafka import client_settings, ensure_topics, make_producer, translated
 from adapter.replies import OnPartitions, OnReplies, ReplyListener
-from kafka import KafkaAdminClient
 
 log = logging.getLogger(__name__)
 

@@ -35,13 +35,17 @@ Partition = tuple[str, int]
 class RequestStream:
     """The raw request messages of one client stream, fed by frames, read by the handler."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit_bytes: int) -> None:
         self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        self._limit = limit
+        self._limit = limit_bytes
+        self._queued_bytes = 0
         self._next_seq = 0
+        self._failed = False
 
     def feed(self, frame: wire.Frame) -> str | None:
         """Queue a frame; returns why the call must end, if it must."""
+        if self._failed:
+            return None
         if frame.kind == wire.HALF_CLOSE:
             self._queue.put_nowait(None)
             return None
@@ -49,13 +53,15 @@ class RequestStream:
             return None  # a duplicate: already delivered
         if frame.seq > self._next_seq:
             return f"request message {self._next_seq} is missing (got {frame.seq})"
-        if self._queue.qsize() >= self._limit:
-            return f"more than {self._limit} request messages wait for the handler"
+        if self._queued_bytes + len(frame.payload) > self._limit:
+            return f"over {self._limit} bytes of request messages wait for the handler to read them"
         self._next_seq += 1
+        self._queued_bytes += len(frame.payload) + _OVERHEAD
         self._queue.put_nowait(frame.payload)
         return None
 
     def fail(self, exc: BaseException) -> None:
+        self._failed = True
         self._queue.put_nowait(exc)
 
     def __aiter__(self) -> RequestStream:
@@ -69,7 +75,12 @@ class RequestStream:
         if isinstance(item, BaseException):
             self._queue.put_nowait(item)
             raise item
+        self._queued_bytes -= len(item) + _OVERHEAD
         return item
+
+
+#: Bytes counted per queued message besides its payload, so empty messages are bounded too.
+_OVERHEAD = 64
 
 
 class CallCancelled(Exception):
@@ -86,13 +97,15 @@ class _Call:
     task: asyncio.Task[None] | None = None
     sent: int = 0
     ended: bool = False
+    #: A server or bidi stream: its messages go out one by one, so it cannot be replayed elsewhere.
+    streams_out: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class Calls:
     """Starts calls, routes their frames, cancels and aborts them."""
 
-    def __init__(self, dispatcher: Dispatcher, send: Send, max_queued: int = 4096,
+    def __init__(self, dispatcher: Dispatcher, send: Send, max_queued: int = 64 * 1024 * 1024,
                  replies: ReplyCache | None = None) -> None:
         self.dispatcher = dispatcher
         self._send = send
@@ -125,6 +138,8 @@ class Calls:
 
     def _start(self, record: wire.Request, peer: str, partition: Partition | None, key: bytes | None) -> asyncio.Task[None]:
         call = _Call(record, HandlerContext(record, peer), partition, key)
+        method = self.dispatcher.methods.get(record.method)
+        call.streams_out = method is not None and method.server_streaming
         if record.opens_stream:
             call.requests = RequestStream(self._max_queued)
         self._calls[record.correlation_id] = call
@@ -163,7 +178,8 @@ class Calls:
 
     async def abort(self, partitions: set[Partition], code: grpc.StatusCode, message: str) -> None:
         """End the calls that came from `partitions` with a status (their partition moved away)."""
-        doomed = [c for c in self._calls.values() if c.partition in partitions and not c.ended]
+        doomed = [c for c in self._calls.values()
+                  if c.partition in partitions and not c.ended and (c.requests is not None or c.streams_out)]
         for call in doomed:
             self.cancel(call.request.correlation_id, message)
             if call.request.reply_topic:
@@ -173,6 +189,12 @@ class Calls:
                 except Exception as exc:
                     log.warning("could not send %s to call %s: %s", code.name, call.request.correlation_id.hex(), exc)
         await asyncio.gather(*(c.task for c in doomed if c.task is not None), return_exceptions=True)
+
+    async def finish(self, partitions: set[Partition], timeout: float) -> None:
+        """Wait up to `timeout` seconds for the calls that came from `partitions` to end."""
+        tasks = [c.task for c in self._calls.values() if c.partition in partitions and c.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
     def _route(self, frame: wire.Frame) -> None:
         call = self._calls.get(frame.correlation_id)

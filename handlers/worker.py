@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -32,12 +34,13 @@ from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
 from handlers.offsets import OffsetTracker, Partition
 from handlers.registry import Method
-from kafka import ConsumerRebalanceListener, TopicPartition
 
 log = logging.getLogger(__name__)
 
 #: Stream messages produced before waiting for Kafka's acknowledgements.
 STREAM_WINDOW = 64
+#: Seconds a rebalance waits for the running calls of partitions moving away.
+REVOKE_GRACE = 5.0
 
 
 class Worker(ConsumerRebalanceListener):
@@ -78,6 +81,8 @@ class Worker(ConsumerRebalanceListener):
         self._consumer = await self._on_kafka_thread(
             make_consumer, kafka, group_id=self.config.group, auto_offset_reset="earliest",
             max_poll_records=self.config.max_pending,
+            # Cooperative: a process joining or leaving moves only the partitions that must move.
+            partition_assignment_strategy=[CooperativeStickyAssignor],
             session_timeout_ms=int(self.config.session_timeout * 1000),
             heartbeat_interval_ms=int(self.config.session_timeout * 1000 / 3),
         )
@@ -260,9 +265,11 @@ class Worker(ConsumerRebalanceListener):
 
     async def _take_committable(self, parts: set[Partition]) -> dict[Partition, int]:
         # Streams still open on these partitions end here, so the new owner starts after them
-        # rather than replaying half a stream.
+        # rather than replaying half a stream; unary calls get a moment to finish and reply,
+        # so that the new owner does not run them again.
         await self.calls.abort(parts, grpc.StatusCode.ABORTED, "the call's partition moved to another handler process")
-        await asyncio.sleep(0)  # let the aborted tasks finish and mark their offsets done
+        await self.calls.finish(parts, REVOKE_GRACE)
+        await asyncio.sleep(0)  # let the done-callbacks mark their offsets
         offsets = self.tracker.committable(parts)
         self.tracker.forget(parts)
         return offsets
