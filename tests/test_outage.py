@@ -13,7 +13,7 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from rpctest.v1 import kitchen_pb2_grpc
+from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
 from tests import procs
 
@@ -81,11 +81,26 @@ def test_broker_outage_health_errors_and_recovery(broker: Broker, prefix: str, t
         assert kitchen.Nothing(empty_pb2.Empty(), timeout=30) == empty_pb2.Empty()
         assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
 
+        # Calls under way when the broker stops, and calls made while it is down, end within
+        # their deadline with UNAVAILABLE or DEADLINE_EXCEEDED.
+        sleepers = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=0.5), timeout=3) for _ in range(20)]
         broker.down()
+        during = []
+        for _ in range(5):
+            started = time.monotonic()
+            try:
+                kitchen.Nothing(empty_pb2.Empty(), timeout=2)
+                during.append((grpc.StatusCode.OK, time.monotonic() - started))
+            except grpc.RpcError as exc:
+                during.append((exc.code(), time.monotonic() - started))
+        assert {code for code, _ in during} <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+        assert max(took for _, took in during) < 2.5
+        for future in sleepers:
+            try:
+                future.result()
+            except grpc.RpcError as exc:
+                assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         assert _wait(lambda: _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, 30), front.output()
-        with pytest.raises(grpc.RpcError) as info:
-            kitchen.Nothing(empty_pb2.Empty(), timeout=3)
-        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
         broker.up()
         assert _wait(lambda: _health(channel) == health_pb2.HealthCheckResponse.SERVING, 60), front.output()
