@@ -85,6 +85,7 @@ def test_broker_outage_health_errors_and_recovery(broker: Broker, prefix: str, t
         # their deadline with UNAVAILABLE or DEADLINE_EXCEEDED.
         sleepers = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=0.5), timeout=3) for _ in range(20)]
         broker.down()
+        stopped = time.monotonic()
         during = []
         for _ in range(5):
             started = time.monotonic()
@@ -101,9 +102,13 @@ def test_broker_outage_health_errors_and_recovery(broker: Broker, prefix: str, t
             except grpc.RpcError as exc:
                 assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         assert _wait(lambda: _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, 30), front.output()
+        print(f"outage: longest failed call {max(took for _, took in during):.2f}s; "
+              f"NOT_SERVING {time.monotonic() - stopped:.1f}s after the broker stopped")
 
         broker.up()
+        restarted = time.monotonic()
         assert _wait(lambda: _health(channel) == health_pb2.HealthCheckResponse.SERVING, 60), front.output()
+        print(f"outage: SERVING {time.monotonic() - restarted:.1f}s after the broker was up again")
 
         def call_ok() -> bool:
             try:
@@ -113,6 +118,7 @@ def test_broker_outage_health_errors_and_recovery(broker: Broker, prefix: str, t
 
         # Same processes, no restart: calls succeed again.
         assert _wait(call_ok, 60), front.output() + worker.output()
+        print(f"outage: first OK call {time.monotonic() - restarted:.1f}s after the broker was up again")
     finally:
         channel.close()
         worker.stop()
