@@ -149,7 +149,7 @@ class Request:
         return cls(
             method=_text(last, METHOD) or "",
             correlation_id=correlation_id,
-            reply_topic=_text(last, REPLY_TOPIC),
+            reply_topic=_text(last, REPLY_TOPIC) or None,  # empty: no reply wanted
             reply_partition=reply_partition,
             deadline=deadline,
             metadata=_decode_metadata(METADATA_PREFIX, headers),

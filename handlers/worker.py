@@ -25,8 +25,8 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from adapter import wire
-from adapter.config import WorkerConfig
-from adapter.errors import MalformedRecord
+from adapter.config import WorkerConfig, check_topic
+from adapter.errors import ConfigError, MalformedRecord
 from adapter.kafka import ensure_topics, make_consumer, make_producer
 from adapter.routing import Route
 from handlers.calls import Calls
@@ -77,7 +77,8 @@ class Worker(ConsumerRebalanceListener):
         kafka = self.config.kafka
         topics = {t: kafka.topic_partitions for t in [*self.topics, self.config.dead_letter_topic]}
         await asyncio.to_thread(ensure_topics, kafka, topics)
-        self._producer = await asyncio.to_thread(make_producer, kafka)
+        # send() runs on the event loop: a reply topic without metadata must not stall it long.
+        self._producer = await asyncio.to_thread(make_producer, kafka, max_block_ms=5000)
         self._consumer = await self._on_kafka_thread(
             make_consumer, kafka, group_id=self.config.group, auto_offset_reset="earliest",
             max_poll_records=self.config.max_pending,
@@ -130,6 +131,10 @@ class Worker(ConsumerRebalanceListener):
         task.add_done_callback(lambda t: self._finished(t, record, where))
 
     def _reply_allowed(self, topic: str) -> bool:
+        try:
+            check_topic(topic)
+        except ConfigError:
+            return False  # not even a legal topic name: the producer would refuse it
         return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.config.reply_topics)
 
     def _reject(self, record: Any, where: str, reason: str) -> None:
@@ -139,25 +144,29 @@ class Worker(ConsumerRebalanceListener):
         cid = wire.correlation_id_of(headers)
         reply_to = [bytes(v or b"") for n, v in headers if n == wire.REPLY_TOPIC]
         reply_topic = reply_to[-1].decode(errors="replace") if reply_to else None
-        if cid and reply_topic and self._reply_allowed(reply_topic):
-            reply = wire.Reply(cid, code=grpc.StatusCode.INVALID_ARGUMENT, message=reason)
-            future = self._producer.send(reply_topic, value=b"", headers=reply.encode_headers())
-        else:
-            self.dead_lettered += 1
-            future = self._producer.send(self.config.dead_letter_topic, value=record.value, key=record.key,
-                                         headers=wire.dead_letter_headers(headers, reason, where))
-        acked = self._acked(future)
-        task = asyncio.ensure_future(acked)
+        try:
+            if cid and reply_topic and self._reply_allowed(reply_topic):
+                reply = wire.Reply(cid, code=grpc.StatusCode.INVALID_ARGUMENT, message=reason)
+                future = self._producer.send(reply_topic, value=b"", key=record.key, headers=reply.encode_headers())
+            else:
+                self.dead_lettered += 1
+                future = self._producer.send(self.config.dead_letter_topic, value=record.value, key=record.key,
+                                             headers=wire.dead_letter_headers(headers, reason, where))
+        except Exception as exc:  # a record that even the producer refuses must not stop the partition
+            log.error("could not reject %s (%s): %s; skipped", where, reason, exc)
+            self.tracker.done(record.topic, record.partition, record.offset)
+            return
+        task = asyncio.ensure_future(self._acked(future))
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, record, where))
+        task.add_done_callback(lambda t: self._finished(t, record, where, counted=False))
 
-    def _finished(self, task: asyncio.Future[None], record: Any, where: str) -> None:
+    def _finished(self, task: asyncio.Future[None], record: Any, where: str, counted: bool = True) -> None:
         self._tasks.discard(task)
         # The offset of a call's opening record is done only once its final reply is sent.
         self.tracker.done(record.topic, record.partition, record.offset)
         if not task.cancelled() and task.exception() is not None:
             log.error("failed to reply to %s: %s", where, task.exception())
-        else:
+        elif counted:
             self.replied += 1
 
     async def _send(self, request: wire.Request, record: wire.Reply | wire.Frame, key: bytes | None) -> None:
