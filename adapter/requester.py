@@ -73,7 +73,7 @@ class Requester:
     async def stop(self) -> None:
         """Fail calls still waiting, then disconnect."""
         for cid in list(self._pending):
-            self._fail(cid, CallError(grpc.StatusCode.UNAVAILABLE, "frontend is shutting down"))
+            self._fail(cid, CallError(grpc.StatusCode.UNAVAILABLE, "the requester is shutting down"))
         await self._transport.stop()
 
     @property
@@ -144,7 +144,11 @@ class Requester:
         cid = opening.correlation_id
         stream = Stream(self, opening, topic, cid if key is None else key, partition, self.max_stream_buffer)
         self._pending[cid] = stream
-        self._transport.send(topic, stream.key, opening.payload, opening.encode_headers(), self._failer(cid))
+        try:
+            self._transport.send(topic, stream.key, opening.payload, opening.encode_headers(), self._failer(cid))
+        except TransportError as exc:
+            self._pending.pop(cid, None)
+            raise CallError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
         self.counters.sent += 1
         return stream
 
@@ -165,7 +169,7 @@ class Requester:
     def _request(self, method: str, payload: bytes, metadata: wire.Metadata, timeout: float | None,
                  opens_stream: bool) -> tuple[wire.Request, int]:
         if not self._partitions:
-            raise CallError(grpc.StatusCode.UNAVAILABLE, "this frontend owns no reply partition right now")
+            raise CallError(grpc.StatusCode.UNAVAILABLE, "this requester owns no reply partition right now")
         timeout = self._default_timeout if timeout is None else timeout
         partition = self._partitions[next(self._next) % len(self._partitions)]
         request = wire.Request(

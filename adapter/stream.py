@@ -76,8 +76,10 @@ class Stream:
         """Give up: the handler is told to stop, nothing more is delivered here."""
         if not self.done:
             self.done = True
-            self._requester.send_frame(self, wire.Frame(self.correlation_id, wire.CANCEL))
-            self._requester.forget(self)
+            try:
+                self._requester.send_frame(self, wire.Frame(self.correlation_id, wire.CANCEL))
+            finally:
+                self._requester.forget(self)
 
     def __aiter__(self) -> Stream:
         return self

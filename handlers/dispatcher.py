@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -112,12 +113,17 @@ class Dispatcher:
                 await emit(method.response_serializer(message))
             return
         iterator = iter(responses)
-        while True:
-            # The handler's generator may block (sleep, read its requests): run it on a thread.
-            message = await loop.run_in_executor(self._threads, next, iterator, _DONE)
-            if message is _DONE:
-                return
-            await emit(method.response_serializer(message))
+        try:
+            while True:
+                # The handler's generator may block (sleep, read its requests): run it on a thread.
+                message = await loop.run_in_executor(self._threads, next, iterator, _DONE)
+                if message is _DONE:
+                    return
+                await emit(method.response_serializer(message))
+        except asyncio.CancelledError:
+            # Close the generator, so its finally blocks and the code after its loop run now.
+            self._threads.submit(_close, iterator)
+            raise
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -151,6 +157,20 @@ class _decoded:
 async def _empty() -> AsyncIterator[bytes]:
     return
     yield b""  # pragma: no cover - makes this an async generator
+
+
+def _close(iterator: Any) -> None:
+    close = getattr(iterator, "close", None)
+    for _ in range(100):
+        try:
+            if close is not None:
+                close()
+            return
+        except ValueError:  # "generator already executing": its next() is still running
+            time.sleep(0.05)
+        except Exception:
+            log.exception("closing a cancelled response generator failed")
+            return
 
 
 def _kind(method: Method) -> str:

@@ -33,10 +33,12 @@ import grpc
 
 from adapter import wire
 from adapter.aio_channel import AioKafkaChannel
+from adapter.config import WorkerConfig
 from adapter.memory import MemoryTransport, ReplyRecord
 from adapter.requester import Requester
 from adapter.routing import routes_for
 from handlers.calls import Calls, Partition
+from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
 from handlers.registry import collect
 
@@ -52,12 +54,13 @@ async def serve_in_memory(*targets: object, default_timeout: float = 5.0) -> Asy
     offsets = itertools.count()
     partitions: set[Partition] = set()
 
-    async def send(request: wire.Request, record: wire.Reply | wire.Frame) -> None:
+    async def send(request: wire.Request, record: wire.Reply | wire.Frame, key: bytes | None) -> None:
         transport.reply(record.encode_headers(), record.payload)
         if isinstance(record, wire.Frame):
             await asyncio.sleep(0)  # a stream's reader runs between messages, as with a broker
 
-    calls = Calls(dispatcher, send)
+    # As a handler process has them: retries with the same idempotency key share one reply.
+    calls = Calls(dispatcher, send, replies=ReplyCache(WorkerConfig.dedupe_window, WorkerConfig.dedupe_entries))
 
     async def serve(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:
         # What handlers.worker does with each record, minus Kafka. Records are accepted in the
@@ -65,7 +68,7 @@ async def serve_in_memory(*targets: object, default_timeout: float = 5.0) -> Asy
         partition = (topic, 0)
         partitions.add(partition)
         work = calls.accept(wire.decode_request(headers, value), peer=f"memory:{topic}/0@{next(offsets)}",
-                            partition=partition)
+                            partition=partition, key=key)
         if work is not None:
             await work  # a failure to reply fails the call, as a refused record would
         return None  # replies went through `send`
@@ -76,7 +79,8 @@ async def serve_in_memory(*targets: object, default_timeout: float = 5.0) -> Asy
     try:
         yield channel
     finally:
-        # Calls still running end as at a handler's shutdown: their handlers see is_active() false.
+        # Streams still open end as when a handler process loses their partition: their handlers
+        # see is_active() false. The channel then cancels whatever else is in flight.
         await calls.abort(partitions, grpc.StatusCode.UNAVAILABLE, "the in-memory server is shutting down")
         await channel.close()
         dispatcher.close()

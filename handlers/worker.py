@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -82,8 +81,8 @@ class Worker(ConsumerRebalanceListener):
         self._consumer = await self._on_kafka_thread(
             make_consumer, kafka, group_id=self.config.group, auto_offset_reset="earliest",
             max_poll_records=self.config.max_pending,
-            # Cooperative: a process joining or leaving moves only the partitions that must move.
-            partition_assignment_strategy=[CooperativeStickyAssignor],
+            # The range assignor spreads every topic's partitions evenly over the processes;
+            # (cooperative-)sticky balances only the total, which can leave a busy topic on one.
             session_timeout_ms=int(self.config.session_timeout * 1000),
             heartbeat_interval_ms=int(self.config.session_timeout * 1000 / 3),
         )

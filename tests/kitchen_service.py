@@ -114,11 +114,14 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
     def Watch(self, request, context):
         context.add_callback(lambda: _event(f"callback {request.tag}"))
         i = 0
-        while context.is_active():
-            yield kitchen_pb2.Item(i=i, tag=f"{os.getpid()} {context.peer()}")
-            i += 1
-            time.sleep(request.delay or 0.02)
-        _event(f"inactive {request.tag}")
+        try:
+            while context.is_active():
+                yield kitchen_pb2.Item(i=i, tag=f"{os.getpid()} {context.peer()}")
+                i += 1
+                time.sleep(request.delay or 0.02)
+        finally:
+            # Reached when is_active() turns false, or when the cancelled generator is closed.
+            _event(f"inactive {request.tag}")
 
     async def AsyncWatch(self, request, context):
         context.add_callback(lambda: _event(f"callback {request.tag}"))

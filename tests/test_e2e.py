@@ -12,10 +12,10 @@ import grpc
 import pytest
 from google.protobuf import any_pb2, duration_pb2, empty_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
 from google.rpc import error_details_pb2, status_pb2
+from kafka import KafkaConsumer, KafkaProducer
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
 from adapter import wire
-from kafka import KafkaConsumer, KafkaProducer
 from tests import procs
 
 pytestmark = pytest.mark.kafka

@@ -29,9 +29,9 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from google.rpc import error_details_pb2, status_pb2
+from kafka import KafkaConsumer, TopicPartition
 
 from adapter.protoset import ProtoSet
-from kafka import KafkaConsumer, TopicPartition
 from tests import procs
 
 pytestmark = pytest.mark.kafka
