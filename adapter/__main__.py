@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from adapter.cli import add_kafka_arguments, env, kafka_config, run, setup_logging
+from adapter.cli import add_kafka_arguments, add_metrics_argument, env, kafka_config, run, serve_metrics, setup_logging
 from adapter.errors import KafkaRpcError
 
 
@@ -32,6 +32,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="calls in flight beyond which new calls get RESOURCE_EXHAUSTED (default %(default)s)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds calls in flight may take to finish at shutdown (default %(default)s)")
+    add_metrics_argument(parser)
     add_kafka_arguments(parser)
     args = parser.parse_args(argv)
     if not args.proto_path:
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     async def serve(stop: asyncio.Event) -> None:
         from adapter.config import FrontendConfig
         from adapter.gateway import Gateway
+        from adapter.metrics import FrontendMetrics, new_registry
         from adapter.protoset import ProtoSet
 
         config = FrontendConfig(
@@ -57,20 +59,27 @@ def main(argv: list[str] | None = None) -> int:
             reply_partitions=args.reply_partitions,
             default_timeout=args.default_timeout,
             max_in_flight=args.max_in_flight,
+            metrics_port=args.metrics_port,
         )
         protos = ProtoSet.load(config.proto_paths)
         log = logging.getLogger("adapter")
-        log.info("connecting to Kafka at %s", ",".join(config.kafka.bootstrap_servers))
-        gateway = Gateway(config, protos)
+        registry = new_registry()
+        endpoint = serve_metrics(config.metrics_port, registry, "adapter")
         try:
-            await gateway.start()
-        except BaseException:
-            await gateway.stop(0)
-            raise
-        print(f"adapter: serving on {config.listen.rsplit(':', 1)[0]}:{gateway.port}", flush=True)
-        await stop.wait()
-        log.info("draining calls in flight (up to %gs)", args.grace)
-        await gateway.stop(args.grace)
+            log.info("connecting to Kafka at %s", ",".join(config.kafka.bootstrap_servers))
+            gateway = Gateway(config, protos, metrics=FrontendMetrics(registry))
+            try:
+                await gateway.start()
+            except BaseException:
+                await gateway.stop(0)
+                raise
+            print(f"adapter: serving on {config.listen.rsplit(':', 1)[0]}:{gateway.port}", flush=True)
+            await stop.wait()
+            log.info("draining calls in flight (up to %gs)", args.grace)
+            await gateway.stop(args.grace)
+        finally:
+            if endpoint is not None:
+                endpoint.close()
 
     try:
         return run(serve, "adapter")

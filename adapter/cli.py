@@ -12,9 +12,15 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from adapter.config import KafkaConfig, MiB
 from adapter.errors import KafkaRpcError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from adapter.metrics import Endpoint
 
 
 def env(name: str, default: str) -> str:
@@ -39,6 +45,12 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s")
 
 
+def add_metrics_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--metrics-port", type=int, default=env("KAFKA_RPC_METRICS_PORT", "") or None, metavar="PORT",
+                        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (env KAFKA_RPC_METRICS_PORT; "
+                        "0 picks a free port; default: no endpoint)")
+
+
 def kafka_config(args: argparse.Namespace) -> KafkaConfig:
     return KafkaConfig(
         bootstrap_servers=tuple(s.strip() for s in args.bootstrap_servers.split(",") if s.strip()),
@@ -61,6 +73,17 @@ def setup_logging(level: str, name: str) -> None:
     if logging.getLogger().level > logging.DEBUG:
         for name in ("kafka.net", "kafka.cluster", "kafka.conn", "kafka.client"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def serve_metrics(port: int | None, registry: CollectorRegistry, name: str) -> Endpoint | None:
+    """Start the metrics endpoint when a port is set, and say where it is."""
+    if port is None:
+        return None
+    from adapter.metrics import serve
+
+    endpoint = serve(port, registry)
+    print(f"{name}: metrics on http://0.0.0.0:{endpoint.port}/metrics", flush=True)
+    return endpoint
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]], name: str) -> int:

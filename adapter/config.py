@@ -32,6 +32,11 @@ def _positive(setting: str, value: float) -> None:
         raise ConfigError(f"{setting} must be positive, got {value}")
 
 
+def _port(setting: str, value: int | None) -> None:
+    if value is not None and not 0 <= value <= 65535:
+        raise ConfigError(f"{setting} must be a TCP port, 0 to 65535 (0 picks a free one), got {value}")
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     """How to reach Kafka, shared by the frontend and the handler processes."""
@@ -76,6 +81,8 @@ class FrontendConfig:
     start_timeout: float = 60.0
     #: Calls in flight beyond which new calls get RESOURCE_EXHAUSTED at once.
     max_in_flight: int = 10_000
+    #: Port of the Prometheus endpoint (/metrics); None: no endpoint.
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if not self.proto_paths:
@@ -90,6 +97,7 @@ class FrontendConfig:
         _positive("default_timeout", self.default_timeout)
         _positive("start_timeout", self.start_timeout)
         _positive("max_in_flight", self.max_in_flight)
+        _port("metrics_port", self.metrics_port)
 
     @property
     def reply_group(self) -> str:
@@ -120,6 +128,8 @@ class WorkerConfig:
     dedupe_window: float = 300.0
     #: Replies kept for retries at most (the oldest go first).
     dedupe_entries: int = 10_000
+    #: Port of the Prometheus endpoint (/metrics); None: no endpoint.
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -134,5 +144,6 @@ class WorkerConfig:
         check_topic(self.dead_letter_topic, "dead_letter_topic")
         if self.dedupe_window < 0 or self.dedupe_entries < 0:
             raise ConfigError("dedupe_window and dedupe_entries must not be negative")
+        _port("metrics_port", self.metrics_port)
         if not 6 <= self.session_timeout <= 1800:
             raise ConfigError(f"session_timeout must be within the broker's limits, 6 to 1800 s; got {self.session_timeout}")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -25,6 +27,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from adapter import wire
 from adapter.config import FrontendConfig
 from adapter.errors import CallError
+from adapter.metrics import CallMetrics, FrontendMetrics
 from adapter.protoset import ProtoSet
 from adapter.requester import Requester
 from adapter.routing import Route, routes_for
@@ -42,12 +45,16 @@ Behavior = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 class Gateway:
     """A `grpc.aio` server whose methods are Kafka request/reply calls."""
 
-    def __init__(self, config: FrontendConfig, protos: ProtoSet, transport: Transport | None = None) -> None:
+    def __init__(self, config: FrontendConfig, protos: ProtoSet, transport: Transport | None = None,
+                 metrics: FrontendMetrics | None = None) -> None:
         self.config = config
         self.protos = protos
         self.routes = routes_for(protos.services, config.kafka.topic_prefix)
-        transport = transport or KafkaTransport(config, {r.topic for r in self.routes.values()})
-        self.requester = Requester(transport, config.default_timeout)
+        self.metrics = metrics if metrics is not None else FrontendMetrics()
+        for path in self.routes:
+            self.metrics.method(path)  # their series exist before the first call
+        transport = transport or KafkaTransport(config, {r.topic for r in self.routes.values()}, self.metrics)
+        self.requester = Requester(transport, config.default_timeout, self.metrics)
         self.health = HealthServicer()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
@@ -111,61 +118,65 @@ class Gateway:
         return grpc.stream_stream_rpc_method_handler(functools.partial(self._bidi_stream, route))
 
     async def _unary(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        key, idempotency_key = await _keys(route, request, context)
-        metadata = wire.call_metadata(context.invocation_metadata())
-        for name, value in metadata:
-            if name == wire.IDEMPOTENCY_METADATA:
-                idempotency_key = value if isinstance(value, bytes) else value.encode()
-        if self.requester.in_flight >= self.config.max_in_flight:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"over {self.config.max_in_flight} calls in flight in this frontend; retry later")
-        try:
-            reply = await self.requester.call(
-                route.path, request, topic=route.topic, key=key, metadata=metadata,
-                timeout=context.time_remaining(), idempotency_key=idempotency_key,
-            )
-        except CallError as exc:
-            await context.abort(exc.code, exc.details)
-        return await _finish(reply, context)
+        with _Observed(self.metrics.method(route.path), context):
+            key, idempotency_key = await _keys(route, request, context)
+            metadata = wire.call_metadata(context.invocation_metadata())
+            for name, value in metadata:
+                if name == wire.IDEMPOTENCY_METADATA:
+                    idempotency_key = value if isinstance(value, bytes) else value.encode()
+            if self.requester.in_flight >= self.config.max_in_flight:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"over {self.config.max_in_flight} calls in flight in this frontend; retry later")
+            try:
+                reply = await self.requester.call(
+                    route.path, request, topic=route.topic, key=key, metadata=metadata,
+                    timeout=context.time_remaining(), idempotency_key=idempotency_key,
+                )
+            except CallError as exc:
+                await context.abort(exc.code, exc.details)
+            return await _finish(reply, context)
 
     async def _server_stream(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        key, _ = await _keys(route, request, context)
-        stream = await self._open(route, context, request=request, key=key)
-        async for message in _responses(stream, context):
-            yield message
+        with _Observed(self.metrics.method(route.path), context):
+            key, _ = await _keys(route, request, context)
+            stream = await self._open(route, context, request=request, key=key)
+            async for message in _responses(stream, context):
+                yield message
 
     async def _client_stream(self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
-        stream = await self._open(route, context, request=None)
-        try:
-            async for message in requests:
-                await stream.send(message)
-            await stream.close_send()
-            reply = await stream.result()
-        except CallError as exc:
-            await context.abort(exc.code, exc.details, stream.reply.trailing_metadata if stream.reply else ())
-        finally:
-            stream.cancel()  # a no-op once the call has ended; else the client went away
-        return await _finish(reply, context)
-
-    async def _bidi_stream(self, route: Route, requests: AsyncIterator[bytes],
-                           context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        stream = await self._open(route, context, request=None)
-
-        async def pump() -> None:
-            # Requests flow while responses do: bidi handlers may answer before the client is done.
+        with _Observed(self.metrics.method(route.path), context):
+            stream = await self._open(route, context, request=None)
             try:
                 async for message in requests:
                     await stream.send(message)
                 await stream.close_send()
-            except CallError:
-                pass  # the call has ended; its status comes through the responses
+                reply = await stream.result()
+            except CallError as exc:
+                await context.abort(exc.code, exc.details, stream.reply.trailing_metadata if stream.reply else ())
+            finally:
+                stream.cancel()  # a no-op once the call has ended; else the client went away
+            return await _finish(reply, context)
 
-        sender = asyncio.create_task(pump())
-        try:
-            async for message in _responses(stream, context):
-                yield message
-        finally:
-            sender.cancel()
+    async def _bidi_stream(self, route: Route, requests: AsyncIterator[bytes],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        with _Observed(self.metrics.method(route.path), context):
+            stream = await self._open(route, context, request=None)
+
+            async def pump() -> None:
+                # Requests flow while responses do: bidi handlers may answer before the client is done.
+                try:
+                    async for message in requests:
+                        await stream.send(message)
+                    await stream.close_send()
+                except CallError:
+                    pass  # the call has ended; its status comes through the responses
+
+            sender = asyncio.create_task(pump())
+            try:
+                async for message in _responses(stream, context):
+                    yield message
+            finally:
+                sender.cancel()
 
     async def _open(self, route: Route, context: grpc.aio.ServicerContext, request: bytes | None,
                     key: bytes | None = None) -> Stream:
@@ -196,6 +207,35 @@ class Gateway:
                             "SERVING" if ok else "NOT_SERVING")
                 await self._set_health(ok)
                 serving = ok
+
+
+class _Observed:
+    """Times one call and counts it under the status its client gets: ``with _Observed(calls, context):``."""
+
+    __slots__ = ("_calls", "_context", "_started")
+
+    def __init__(self, calls: CallMetrics, context: grpc.aio.ServicerContext) -> None:
+        self._calls, self._context = calls, context
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._calls.observe(_status(self._context, exc), time.perf_counter() - self._started)
+
+
+def _status(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grpc.StatusCode:
+    if exc is None:
+        return grpc.StatusCode.OK  # the behaviors abort for every other status
+    code = context.code()  # set by context.abort()
+    if code is not None:
+        return code
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        # grpc cancels the call when its client goes away or its deadline passes.
+        remaining = context.time_remaining()
+        return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN  # what grpc answers for an exception escaping a behavior
 
 
 async def _keys(route: Route, request: bytes, context: grpc.aio.ServicerContext) -> tuple[bytes | None, bytes | None]:

@@ -24,6 +24,7 @@ from adapter import wire
 from adapter.config import FrontendConfig
 from adapter.errors import MalformedRecord
 from adapter.kafka import make_consumer
+from adapter.metrics import FrontendMetrics
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class ReplyListener(ConsumerRebalanceListener):
     on the listener's thread.
     """
 
-    def __init__(self, config: FrontendConfig, on_replies: OnReplies, on_partitions: OnPartitions) -> None:
+    def __init__(self, config: FrontendConfig, on_replies: OnReplies, on_partitions: OnPartitions,
+                 metrics: FrontendMetrics | None = None) -> None:
         self._config = config
         self._on_replies = on_replies
         self._on_partitions = on_partitions
@@ -48,6 +50,7 @@ class ReplyListener(ConsumerRebalanceListener):
         self._owned: set[int] = set()
         self._unresolved: set[TopicPartition] = set()
         self.malformed = 0
+        self._malformed_total = (metrics if metrics is not None else FrontendMetrics()).replies_malformed
         self._consumer = make_consumer(
             config.kafka,
             group_id=config.reply_group,
@@ -61,9 +64,9 @@ class ReplyListener(ConsumerRebalanceListener):
 
     def start(self) -> None:
         """Subscribe and start reading."""
-        # Metadata first, so the group's first assignment already has the partitions.
-        self._consumer.partitions_for_topic(self._config.reply_topic)
         self._consumer.subscribe([self._config.reply_topic], listener=self)
+        # Metadata after subscribing, before the first poll: else the group is joined twice.
+        self._consumer.partitions_for_topic(self._config.reply_topic)
         self._thread.start()
 
     def stop(self) -> None:
@@ -108,6 +111,7 @@ class ReplyListener(ConsumerRebalanceListener):
                             replies.append(wire.decode_reply(record.headers, record.value))
                         except MalformedRecord as exc:
                             self.malformed += 1
+                            self._malformed_total.inc()
                             log.warning("dropped malformed reply %s/%d@%d: %s",
                                         tp.topic, tp.partition, record.offset, exc)
                 if replies:

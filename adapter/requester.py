@@ -20,6 +20,7 @@ import grpc
 
 from adapter import wire
 from adapter.errors import CallError, CallTimeout, TransportError
+from adapter.metrics import FrontendMetrics
 from adapter.stream import Stream
 from adapter.transport import Transport
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Counters:
-    """What the requester has seen, for logs and metrics."""
+    """What the requester has seen, for logs and tests (`FrontendMetrics` has the exported counts)."""
 
     sent: int = 0
     replied: int = 0
@@ -46,7 +47,7 @@ class _Pending:
 class Requester:
     """Sends calls through a `Transport` and matches replies to waiting callers."""
 
-    def __init__(self, transport: Transport, default_timeout: float = 30.0) -> None:
+    def __init__(self, transport: Transport, default_timeout: float = 30.0, metrics: FrontendMetrics | None = None) -> None:
         self._transport = transport
         self._default_timeout = default_timeout
         self._pending: dict[bytes, _Pending | Stream] = {}
@@ -57,6 +58,8 @@ class Requester:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
         self.counters = Counters()
+        self.metrics = metrics if metrics is not None else FrontendMetrics()
+        self.metrics.watch(in_flight=lambda: len(self._pending), streams_open=self._streams_open)
 
     async def start(self, timeout: float = 60.0) -> None:
         """Connect the transport and wait until this instance owns a reply partition."""
@@ -228,6 +231,11 @@ class Requester:
 
     def _drop(self) -> None:
         self.counters.dropped += 1
+        self.metrics.replies_dropped.inc()
+
+    def _streams_open(self) -> int:
+        # Called on the scraping thread: list() copies the values at once, under the GIL.
+        return sum(isinstance(p, Stream) for p in list(self._pending.values()))
 
     def _set_partitions(self, partitions: frozenset[int]) -> None:
         self._partitions = tuple(sorted(partitions))

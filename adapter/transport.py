@@ -18,6 +18,7 @@ from adapter import wire
 from adapter.config import FrontendConfig
 from adapter.errors import TransportError
 from adapter.kafka import client_settings, ensure_topics, make_producer, translated
+from adapter.metrics import FrontendMetrics
 from adapter.replies import OnPartitions, OnReplies, ReplyListener
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ class Transport(Protocol):
 class KafkaTransport:
     """`Transport` over a real Kafka cluster, with kafka-python."""
 
-    def __init__(self, config: FrontendConfig, request_topics: set[str]) -> None:
+    def __init__(self, config: FrontendConfig, request_topics: set[str], metrics: FrontendMetrics | None = None) -> None:
         self._config = config
+        self._metrics = metrics
         self._request_topics = request_topics
         self.reply_topic = config.reply_topic
         self._producer: Any = None
@@ -70,7 +72,8 @@ class KafkaTransport:
         for topic in self._request_topics:
             with translated(f"reading metadata of {topic}"):
                 await asyncio.to_thread(self._producer.partitions_for, topic)
-        self._listener = await asyncio.to_thread(ReplyListener, self._config, on_replies, on_partitions)
+        self._listener = await asyncio.to_thread(ReplyListener, self._config, on_replies, on_partitions,
+                                                 self._metrics)
         self._listener.start()
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: wire.Headers, on_error: OnError,

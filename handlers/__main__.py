@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from adapter.cli import add_kafka_arguments, env, kafka_config, run, setup_logging
+from adapter.cli import add_kafka_arguments, add_metrics_argument, env, kafka_config, run, serve_metrics, setup_logging
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +35,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default %(default)s)")
     parser.add_argument("--session-timeout", type=float, default=10.0,
                         help="seconds after which a dead process's partitions move to the others (default %(default)s)")
+    add_metrics_argument(parser)
     add_kafka_arguments(parser)
     return parser.parse_args(argv)
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def serve(stop: asyncio.Event) -> None:
         from adapter.config import WorkerConfig
+        from adapter.metrics import HandlerMetrics, new_registry
         from adapter.routing import routes_for
         from handlers.registry import collect, load_target
         from handlers.worker import Worker
@@ -59,18 +61,25 @@ def main(argv: list[str] | None = None) -> int:
             reply_topics=tuple(args.allow_reply_topic or ("*replies*", "*reply*")),
             dead_letter_topic=args.dead_letter_topic,
             dedupe_window=args.dedupe_window,
+            metrics_port=args.metrics_port,
         )
         methods, services = collect(load_target(t) for t in args.targets)
-        worker = Worker(config, methods, routes_for(services, config.kafka.topic_prefix))
+        registry = new_registry()
+        worker = Worker(config, methods, routes_for(services, config.kafka.topic_prefix), HandlerMetrics(registry))
         ready = asyncio.Event()
 
         async def announce() -> None:
             await ready.wait()
             print(f"handlers: serving {len(methods)} methods from {', '.join(worker.topics)}", flush=True)
 
+        endpoint = serve_metrics(config.metrics_port, registry, "handlers")
         announcer = asyncio.create_task(announce())
-        await worker.run(stop, ready)
-        announcer.cancel()
+        try:
+            await worker.run(stop, ready)
+        finally:
+            announcer.cancel()
+            if endpoint is not None:
+                endpoint.close()
         logging.getLogger("handlers").info("stopped after %d replies", worker.replied)
 
     return run(serve, "handlers")

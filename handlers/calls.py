@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from adapter import wire
+from adapter.metrics import HandlerMetrics
 from handlers.context import HandlerContext
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
@@ -106,7 +107,7 @@ class Calls:
     """Starts calls, routes their frames, cancels and aborts them."""
 
     def __init__(self, dispatcher: Dispatcher, send: Send, max_queued: int = 64 * 1024 * 1024,
-                 replies: ReplyCache | None = None) -> None:
+                 replies: ReplyCache | None = None, metrics: HandlerMetrics | None = None) -> None:
         self.dispatcher = dispatcher
         self._send = send
         self.replies = replies
@@ -115,6 +116,8 @@ class Calls:
         #: Frames for no running call (their call ended, or ran elsewhere).
         self.orphan_frames = 0
         self.cancelled = 0
+        self.metrics = metrics if metrics is not None else dispatcher.metrics
+        self.metrics.streams_open.set_function(self._streams_open)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -132,6 +135,7 @@ class Calls:
         if dedupe is not None and self.replies is not None:
             first = self.replies.get(dedupe)
             if first is not None:
+                self.metrics.dedupe_hits.inc()
                 return asyncio.get_running_loop().create_task(self._replay(record, first, peer, partition, key))
             self.replies.begin(dedupe)
         return self._start(record, peer, partition, key)
@@ -162,14 +166,19 @@ class Calls:
         if record.reply_topic:
             await self._send(record, dataclasses.replace(reply, correlation_id=record.correlation_id), key)
 
-    def cancel(self, correlation_id: bytes, why: str = "cancelled by the caller") -> None:
-        """The caller is gone: the handler sees is_active() false, its task is cancelled, nothing more is sent."""
+    def cancel(self, correlation_id: bytes, why: str = "cancelled by the caller",
+               code: grpc.StatusCode = grpc.StatusCode.CANCELLED) -> None:
+        """The caller is gone: the handler sees is_active() false, its task is cancelled, nothing more is sent.
+
+        `code` is the call's outcome in the metrics (no reply carries it)."""
         call = self._calls.get(correlation_id)
         if call is None or call.ended:
             return
         self.cancelled += 1
+        self.metrics.calls_cancelled.inc()
         log.debug("call %s %s", correlation_id.hex(), why)
         call.ended = True
+        call.context.set_code(code)
         call.context.cancel()
         if call.requests is not None:
             call.requests.fail(CallCancelled(why))
@@ -181,7 +190,7 @@ class Calls:
         doomed = [c for c in self._calls.values()
                   if c.partition in partitions and not c.ended and (c.requests is not None or c.streams_out)]
         for call in doomed:
-            self.cancel(call.request.correlation_id, message)
+            self.cancel(call.request.correlation_id, message, code)
             if call.request.reply_topic:
                 reply = wire.Reply(call.request.correlation_id, code=code, message=message)
                 try:
@@ -200,6 +209,7 @@ class Calls:
         call = self._calls.get(frame.correlation_id)
         if call is None or call.ended:
             self.orphan_frames += 1
+            self.metrics.frames_dropped.inc()
             log.debug("dropped %s frame of call %s that is not running here", frame.kind, frame.correlation_id.hex())
             return
         if frame.kind == wire.CANCEL:
@@ -207,6 +217,7 @@ class Calls:
             return
         if call.requests is None:
             self.orphan_frames += 1
+            self.metrics.frames_dropped.inc()
             return
         problem = call.requests.feed(frame)
         if problem is not None:
@@ -219,7 +230,7 @@ class Calls:
         remaining = request.time_remaining()
         if remaining is not None and remaining > 0:
             call.timer = asyncio.get_running_loop().call_later(remaining, self.cancel, request.correlation_id,
-                                                               "deadline passed")
+                                                               "deadline passed", grpc.StatusCode.DEADLINE_EXCEEDED)
 
         async def emit(payload: bytes) -> None:
             if call.ended:
@@ -247,3 +258,7 @@ class Calls:
             if call.timer is not None:
                 call.timer.cancel()
             self._calls.pop(request.correlation_id, None)
+
+    def _streams_open(self) -> int:
+        # Called on the scraping thread: list() copies the values at once, under the GIL.
+        return sum(c.requests is not None or c.streams_out for c in list(self._calls.values()))

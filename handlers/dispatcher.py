@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from adapter import wire
+from adapter.metrics import UNKNOWN_METHOD, HandlerMetrics
 from handlers.context import HandlerContext
 from handlers.registry import Method
 
@@ -32,11 +33,18 @@ _DONE = object()
 class Dispatcher:
     """Runs handler functions, at most `concurrency` at once."""
 
-    def __init__(self, methods: dict[str, Method], concurrency: int = 16) -> None:
+    def __init__(self, methods: dict[str, Method], concurrency: int = 16, metrics: HandlerMetrics | None = None) -> None:
         self.methods = methods
         self._slots = asyncio.Semaphore(concurrency)
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
         self.expired = 0
+        #: Handler functions running now (holding one of the `concurrency` slots).
+        self.running = 0
+        self.metrics = metrics if metrics is not None else HandlerMetrics()
+        self.metrics.concurrency_limit.set(concurrency)
+        self.metrics.concurrency_in_use.set_function(lambda: self.running)
+        for path in methods:
+            self.metrics.method(path)  # their series exist before the first call
 
     async def handle(
         self,
@@ -51,10 +59,10 @@ class Dispatcher:
         method = self.methods.get(request.method)
         if method is None:
             missing = request.method or "(no rpc-method header, and the topic carries several methods)"
-            return _error(request, grpc.StatusCode.UNIMPLEMENTED, f"method {missing} is not served here")
+            return self._refuse(request, grpc.StatusCode.UNIMPLEMENTED, f"method {missing} is not served here")
         if method.client_streaming != request.opens_stream or (method.server_streaming and emit is None):
-            return _error(request, grpc.StatusCode.INVALID_ARGUMENT,
-                          f"{request.method} is {_kind(method)}, the record does not open such a call")
+            return self._refuse(request, grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{request.method} is {_kind(method)}, the record does not open such a call")
         context = context or HandlerContext(request, peer)
         if method.client_streaming:
             argument: Any = _decoded(requests or _empty(), method, context)
@@ -62,16 +70,33 @@ class Dispatcher:
             try:
                 argument = method.request_deserializer(request.payload)
             except Exception as exc:
-                return _error(request, grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode request of {request.method}: {exc}")
+                return self._refuse(request, grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"cannot decode request of {request.method}: {exc}")
         async with self._slots:
             remaining = request.time_remaining()
             if remaining is not None and remaining <= 0:
                 self.expired += 1
+                self.metrics.calls_expired.inc()
                 log.debug("skipped %s: deadline passed %.3fs ago", request.method, -remaining)
                 return None
-            reply = await self._run(method, argument, context, emit)
+            self.running += 1
+            started = time.perf_counter()
+            code = grpc.StatusCode.CANCELLED  # unless _run returns
+            try:
+                reply = await self._run(method, argument, context, emit)
+                code = reply.code
+            finally:
+                self.running -= 1
+                if context.cancelled:  # `Calls.cancel` set why: caller gone, deadline passed, partition moved
+                    code = context.code() or grpc.StatusCode.CANCELLED
+                self.metrics.method(request.method).observe(code, time.perf_counter() - started)
         context.run_callbacks()
         return reply
+
+    def _refuse(self, request: wire.Request, code: grpc.StatusCode, message: str) -> wire.Reply:
+        """A call answered without running: unknown method, wrong kind of call, undecodable request."""
+        self.metrics.method(request.method if request.method in self.methods else UNKNOWN_METHOD).observe(code, 0.0)
+        return wire.Reply(correlation_id=request.correlation_id, code=code, message=message)
 
     async def _run(self, method: Method, argument: Any, context: HandlerContext, emit: Emit | None) -> wire.Reply:
         loop = asyncio.get_running_loop()
@@ -178,6 +203,3 @@ def _kind(method: Method) -> str:
             (True, False): "client streaming", (True, True): "bidi streaming"}[
         (method.client_streaming, method.server_streaming)]
 
-
-def _error(request: wire.Request, code: grpc.StatusCode, message: str) -> wire.Reply:
-    return wire.Reply(correlation_id=request.correlation_id, code=code, message=message)

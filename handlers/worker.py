@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import fnmatch
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,6 +28,7 @@ from adapter import wire
 from adapter.config import WorkerConfig, check_topic
 from adapter.errors import ConfigError, MalformedRecord
 from adapter.kafka import ensure_topics, make_consumer, make_producer
+from adapter.metrics import HandlerMetrics
 from adapter.routing import Route
 from handlers.calls import Calls
 from handlers.dedupe import ReplyCache
@@ -40,13 +42,17 @@ log = logging.getLogger(__name__)
 STREAM_WINDOW = 64
 #: Seconds a rebalance waits for the running calls of partitions moving away.
 REVOKE_GRACE = 5.0
+#: Seconds between samples of the consumer lag, for the metrics.
+LAG_INTERVAL = 2.0
 
 
 class Worker(ConsumerRebalanceListener):
     """Serves `methods` from their request topics until stopped."""
 
-    def __init__(self, config: WorkerConfig, methods: dict[str, Method], routes: dict[str, Route]) -> None:
+    def __init__(self, config: WorkerConfig, methods: dict[str, Method], routes: dict[str, Route],
+                 metrics: HandlerMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else HandlerMetrics()
         self.topics = sorted({routes[path].topic for path in methods if path in routes})
         # A requester that knows only Spring's headers sends no rpc-method: on a topic that
         # carries a single method, that method is meant.
@@ -55,9 +61,9 @@ class Worker(ConsumerRebalanceListener):
             if path in routes:
                 by_topic.setdefault(routes[path].topic, []).append(path)
         self._sole_method = {topic: paths[0] for topic, paths in by_topic.items() if len(paths) == 1}
-        self.dispatcher = Dispatcher(methods, config.concurrency)
+        self.dispatcher = Dispatcher(methods, config.concurrency, self.metrics)
         self.calls = Calls(self.dispatcher, self._send,
-                           replies=ReplyCache(config.dedupe_window, config.dedupe_entries))
+                           replies=ReplyCache(config.dedupe_window, config.dedupe_entries), metrics=self.metrics)
         self.dead_lettered = 0
         self._windows: dict[bytes, list[asyncio.Future[None]]] = {}
         self.tracker = OffsetTracker()
@@ -69,6 +75,7 @@ class Worker(ConsumerRebalanceListener):
         self._consumer: Any = None
         self._producer: Any = None
         self._paused = False
+        self._lag_due = 0.0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Consume until `stop` is set, then drain: finish, reply, commit, leave the group."""
@@ -86,17 +93,18 @@ class Worker(ConsumerRebalanceListener):
             session_timeout_ms=int(self.config.session_timeout * 1000),
             heartbeat_interval_ms=int(self.config.session_timeout * 1000 / 3),
         )
-        # Know every topic's partitions before joining: joining first makes the group assign
-        # nothing, then rebalance again as soon as the metadata arrives.
+        await self._on_kafka_thread(self._consumer.subscribe, self.topics, listener=self)
+        # Fetch the topics' metadata after subscribing and before the first poll: kafka-python
+        # notes it for the subscription only then, and a group joined without it is joined
+        # again a moment later, revoking everything once.
         for topic in self.topics:
             await self._on_kafka_thread(self._consumer.partitions_for_topic, topic)
-        await self._on_kafka_thread(self._consumer.subscribe, self.topics, listener=self)
         log.info("consuming %s in group %s", ", ".join(self.topics), self.config.group)
         if ready is not None:
             ready.set()
         try:
             while not stop.is_set():
-                batches = await self._on_kafka_thread(self._consumer.poll, timeout_ms=100)
+                batches = await self._on_kafka_thread(self._poll)
                 for tp, records in batches.items():
                     for record in records:
                         self.tracker.add(tp.topic, tp.partition, record.offset)
@@ -113,11 +121,11 @@ class Worker(ConsumerRebalanceListener):
             decoded = wire.decode_request(record.headers, record.value)
         except MalformedRecord as exc:
             self.malformed += 1
-            self._reject(record, where, f"malformed request: {exc}")
+            self._reject(record, where, f"malformed request: {exc}", "malformed")
             return
         if isinstance(decoded, wire.Request):
             if decoded.reply_topic is not None and not self._reply_allowed(decoded.reply_topic):
-                self._reject(record, where, f"reply topic {decoded.reply_topic!r} is not allowed")
+                self._reject(record, where, f"reply topic {decoded.reply_topic!r} is not allowed", "reply_topic")
                 return
             if not decoded.method and record.topic in self._sole_method:
                 decoded = dataclasses.replace(decoded, method=self._sole_method[record.topic])
@@ -136,9 +144,12 @@ class Worker(ConsumerRebalanceListener):
             return False  # not even a legal topic name: the producer would refuse it
         return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.config.reply_topics)
 
-    def _reject(self, record: Any, where: str, reason: str) -> None:
-        """A record we cannot serve: answer it if we can, else move it to the dead-letter topic."""
+    def _reject(self, record: Any, where: str, reason: str, kind: str) -> None:
+        """A record we cannot serve: answer it if we can, else move it to the dead-letter topic.
+
+        `kind` is the reason's label in the metrics: ``malformed`` or ``reply_topic``."""
         log.warning("rejected %s: %s", where, reason)
+        self.metrics.records_rejected.labels(kind).inc()
         headers = record.headers or []
         cid = wire.correlation_id_of(headers)
         reply_to = [bytes(v or b"") for n, v in headers if n == wire.REPLY_TOPIC]
@@ -149,10 +160,12 @@ class Worker(ConsumerRebalanceListener):
                 future = self._producer.send(reply_topic, value=b"", key=record.key, headers=reply.encode_headers())
             else:
                 self.dead_lettered += 1
+                self.metrics.records_dead_lettered.inc()
                 future = self._producer.send(self.config.dead_letter_topic, value=record.value, key=record.key,
                                              headers=wire.dead_letter_headers(headers, reason, where))
         except Exception as exc:  # a record that even the producer refuses must not stop the partition
             log.error("could not reject %s (%s): %s; skipped", where, reason, exc)
+            self.metrics.reply_errors.inc()
             self.tracker.done(record.topic, record.partition, record.offset)
             return
         task = asyncio.ensure_future(self._acked(future))
@@ -165,6 +178,7 @@ class Worker(ConsumerRebalanceListener):
         self.tracker.done(record.topic, record.partition, record.offset)
         if not task.cancelled() and task.exception() is not None:
             log.error("failed to reply to %s: %s", where, task.exception())
+            self.metrics.reply_errors.inc()
         elif counted:
             self.replied += 1
 
@@ -203,6 +217,33 @@ class Worker(ConsumerRebalanceListener):
         future.add_callback(lambda _: loop.call_soon_threadsafe(settle, None))
         future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
         return done
+
+    def _poll(self) -> Any:
+        """On the consumer thread: one fetch, and every LAG_INTERVAL a sample of the lag."""
+        batches = self._consumer.poll(timeout_ms=100)
+        now = time.monotonic()
+        if now >= self._lag_due:
+            self._lag_due = now + LAG_INTERVAL
+            try:
+                self.metrics.set_lag(self._lag())
+            except KafkaError as exc:
+                log.debug("could not sample the consumer lag: %s", exc)
+        return batches
+
+    def _lag(self) -> dict[Partition, int]:
+        # Every fetch response carries the partition's end offset (highwater), so this asks
+        # the broker nothing, except for paused partitions: they are not fetched meanwhile.
+        consumer = self._consumer
+        paused = consumer.paused()
+        ends = {tp: consumer.highwater(tp) for tp in consumer.assignment() if tp not in paused}
+        if paused:
+            ends.update(consumer.end_offsets(list(paused), timeout_ms=1000))
+        lags = {}
+        for tp, end in ends.items():
+            position = None if end is None else consumer.position(tp, timeout_ms=0)
+            if position is not None:  # both known once the partition has been fetched
+                lags[(tp.topic, tp.partition)] = max(0, end - position)
+        return lags
 
     async def _flow_control(self) -> None:
         # Backpressure: stop fetching while too many records wait for their reply.

@@ -254,7 +254,7 @@ requests = st.builds(
     Request,
     method=st.text(),
     correlation_id=st.binary(min_size=1),
-    reply_topic=st.none() | st.text(),
+    reply_topic=st.none() | st.text(min_size=1),  # empty means "no reply topic"
     reply_partition=st.none() | st.integers(-(2**31), 2**31 - 1),
     # Deadlines travel in whole milliseconds.
     deadline=st.none() | st.integers(0, 2**50).map(lambda ms: ms / 1000),
@@ -294,3 +294,8 @@ def test_decode_raises_only_malformed_record(headers: list[tuple[str, bytes]] | 
     for decode in (Request.decode, Reply.decode):
         with contextlib.suppress(MalformedRecord):
             decode(headers, value)
+
+
+def test_an_empty_reply_topic_means_no_reply() -> None:
+    headers = [(wire.CORRELATION_ID, CID), (wire.METHOD, b"/p.S/M"), (wire.REPLY_TOPIC, b"")]
+    assert Request.decode(headers, b"").reply_topic is None
