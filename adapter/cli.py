@@ -81,7 +81,10 @@ def serve_metrics(port: int | None, registry: CollectorRegistry, name: str) -> E
         return None
     from adapter.metrics import serve
 
-    endpoint = serve(port, registry)
+    try:
+        endpoint = serve(port, registry)
+    except OSError as exc:
+        raise OSError(f"metrics_port: cannot listen on port {port}: {exc.strerror or exc}") from exc
     print(f"{name}: metrics on http://0.0.0.0:{endpoint.port}/metrics", flush=True)
     return endpoint
 

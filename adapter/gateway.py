@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from adapter import wire
 from adapter.config import FrontendConfig
 from adapter.errors import CallError
-from adapter.metrics import CallMetrics, FrontendMetrics
+from adapter.metrics import DEADLINE_SLACK, CallMetrics, FrontendMetrics
 from adapter.protoset import ProtoSet
 from adapter.requester import Requester
 from adapter.routing import Route, routes_for
@@ -234,7 +234,9 @@ def _status(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grp
     if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
         # grpc cancels the call when its client goes away or its deadline passes.
         remaining = context.time_remaining()
-        return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+        if remaining is not None and remaining < DEADLINE_SLACK:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.UNKNOWN  # what grpc answers for an exception escaping a behavior
 
 

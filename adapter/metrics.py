@@ -26,6 +26,9 @@ from prometheus_client import start_http_server as _start_http_server
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: The `method` label of calls for a method that is not served here (the label set stays bounded).
 UNKNOWN_METHOD = "unknown"
+#: Seconds. A caller whose deadline passes cancels its call, and the cancel can arrive a network
+#: delay before our copy of the deadline passes: a cancel this close to it counts as DEADLINE_EXCEEDED.
+DEADLINE_SLACK = 0.1
 
 
 def new_registry() -> CollectorRegistry:

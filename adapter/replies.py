@@ -101,7 +101,13 @@ class ReplyListener(ConsumerRebalanceListener):
         consumer = self._consumer
         try:
             while not self._stopping.is_set():
-                batches = consumer.poll(timeout_ms=100)
+                try:
+                    batches = consumer.poll(timeout_ms=100)
+                except Exception as exc:
+                    # The broker is away (restart, network): keep trying; calls wait or time out.
+                    log.warning("reading replies failed, retrying in 1s: %s: %s", type(exc).__name__, exc)
+                    self._stopping.wait(1.0)
+                    continue
                 if self._unresolved:
                     self._resolve_new_partitions()
                 replies: list[wire.Reply | wire.Frame] = []

@@ -37,18 +37,35 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                       help="soak at steady load for SECONDS (default 240), sampling the frontend's RSS")
     mode.add_argument("--profile", action="store_true", help="py-spy profiles of frontend and handler (bench.profile)")
     mode.add_argument("--report-only", type=Path, metavar="JSON", help="redraw the markdown and PNG of a results file")
-    parser.add_argument("--only", nargs="+", choices=["direct", "pingpong", "adapter", "spring", "scaleout"],
-                        help="run only these parts")
+    mode.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
+                      help="print one markdown table comparing the cells of several results files (levers)")
+    parser.add_argument("--only", nargs="+",
+                        choices=["direct", "pingpong", "adapter", "spring", "scaleout", "aiokafka", "confluent"],
+                        help="run only these parts (aiokafka, confluent: the ping-pong with other clients, only so)")
     parser.add_argument("--duration", type=float, help="seconds measured per cell (overrides the plan)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per cell (overrides the plan)")
+    parser.add_argument("--payloads", type=int, nargs="+", help="payload sizes, bytes (overrides the plan)")
+    parser.add_argument("--in-flight", type=int, nargs="+", help="calls in flight (overrides the plan)")
+    lever = parser.add_argument_group("levers (see docs/performance.md)")
+    lever.add_argument("--variant", help="frontend/handler changes, e.g. linger=1,commit=0.2 (bench.variants)")
+    lever.add_argument("--handler-target", help="servicer of the handler processes (default bench.servicer:Echo)")
+    lever.add_argument("--handler-args", help="extra handler options, e.g. '--concurrency 64'")
+    lever.add_argument("--pingpong-args", help="extra ping-pong options, e.g. '--fetch-max-wait-ms 500 --linger-ms 1'")
+    lever.add_argument("--pythonpath", help="prepended to the children's PYTHONPATH, e.g. a folder holding crc32c")
+    parser.add_argument("--memory-in-flight", type=int, help="calls in flight of the frontend memory cells (0: skip them)")
+    parser.add_argument("--name", help="results file name (default: bench, quick or long)")
+    parser.add_argument("--json-only", action="store_true", help="write only the JSON (levers: compare them with --compare)")
     parser.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for results (default %(default)s)")
     return parser.parse_args(argv)
 
 
-def write(results: dict, out: Path, name: str) -> None:
+def write(results: dict, out: Path, name: str, json_only: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    if json_only:
+        log.info("wrote %s/%s.json", out, name)
+        return
     (out / f"{name}.md").write_text(report.markdown(results))
     if results.get("cells"):
         report.plot(results, out / f"{name}.png")
@@ -61,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    if args.compare:
+        print(report.compare([(path.stem, json.loads(path.read_text())) for path in args.compare]))
+        return 0
     if args.report_only:
         results = json.loads(args.report_only.read_text())
         write(results, args.report_only.parent, args.report_only.stem)
@@ -69,13 +89,22 @@ def main(argv: list[str] | None = None) -> int:
         from bench import profile
 
         return profile.main(args)
-    name = "quick" if args.quick else "long" if args.long else "bench"
-    plan = PLANS[name]
-    overrides = {k: getattr(args, k) for k in ("duration", "warmup") if getattr(args, k) is not None}
+    plan = PLANS["quick" if args.quick else "long" if args.long else "bench"]
+    name = args.name or plan.name
+    overrides: dict = {k: getattr(args, k) for k in ("duration", "warmup", "memory_in_flight")
+                       if getattr(args, k) is not None}
+    overrides |= {k: tuple(getattr(args, k)) for k in ("payloads", "in_flight") if getattr(args, k)}
+    extra = {"variant": args.variant, "handler_target": args.handler_target, "pythonpath": args.pythonpath,
+             "handler_args": tuple(args.handler_args.split()) if args.handler_args else None,
+             "pingpong_args": tuple(args.pingpong_args.split()) if args.pingpong_args else None}
+    overrides["extra"] = {k: v for k, v in extra.items() if v}
+    if args.pythonpath:
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [args.pythonpath, os.environ.get("PYTHONPATH")]))
     if args.long:
         overrides["long_seconds"] = args.long
     if args.only:
-        overrides["scenarios"] = tuple(s for s in plan.scenarios if s in args.only)
+        known = (*plan.scenarios, "aiokafka", "confluent")
+        overrides["scenarios"] = tuple(s for s in known if s in args.only)
         if "scaleout" not in args.only:
             overrides["handlers"] = ()
     plan = dataclasses.replace(plan, **overrides)
@@ -102,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     run.results["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     run.results["meta"]["wall_seconds"] = round(time.monotonic() - began, 1)
     run.results["meta"]["complete"] = not failed
-    write(run.results, args.out, name if not failed else f"{name}-failed")
+    write(run.results, args.out, name if not failed else f"{name}-failed", args.json_only)
     log.info("done in %.0f s", time.monotonic() - began)
     return 1 if failed else 0
 

@@ -14,12 +14,16 @@ import argparse
 import asyncio
 import collections
 import math
+import os
 import sys
 import time
 
 import grpc
 
-from bench import stats
+from bench import stats, trace
+
+#: With BENCH_TRACE set (to the `trace=DIR` folder), the client marks its side of each call too.
+TRACE = os.environ.get("BENCH_TRACE")
 
 
 async def run_cell(calls: list[grpc.aio.UnaryUnaryMultiCallable], payload: int, in_flight: int,
@@ -34,12 +38,16 @@ async def run_cell(calls: list[grpc.aio.UnaryUnaryMultiCallable], payload: int, 
         while not stopping:
             t0 = time.perf_counter()
             ok = True
+            if TRACE:
+                trace.mark("C sent")
             try:
                 await call(value, timeout=args.timeout)
             except grpc.aio.AioRpcError as exc:
                 ok = False
                 code = exc.code().name
             t1 = time.perf_counter()
+            if TRACE:
+                trace.mark("C received")
             if window[0] <= t1 <= window[1]:
                 if ok:
                     latencies.append(t1 - t0)
@@ -78,6 +86,8 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    if TRACE:
+        trace.dump_at_exit(TRACE, "client")
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
     parser.add_argument("--target", action="append", required=True, help="HOST:PORT (repeatable)")
     parser.add_argument("--method", default=stats.ECHO)

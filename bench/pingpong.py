@@ -20,8 +20,9 @@ import sys
 import time
 from collections.abc import Iterator
 
-from bench import stats
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from bench import stats
 
 CORRELATION = "kafka_correlationId"
 
@@ -68,9 +69,22 @@ def replier(args: argparse.Namespace) -> None:
     out.close(5)
 
 
+def group_consumer(args: argparse.Namespace, topic: str) -> KafkaConsumer:
+    """The alternative to manual assignment (``--group``): subscribe in a consumer group, as a frontend does."""
+    group = f"{topic}.requesters" if args.group == "auto" else args.group
+    consumer = KafkaConsumer(topic, bootstrap_servers=args.bootstrap_servers, group_id=group,
+                             enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=args.fetch_max_wait_ms)
+    deadline = time.monotonic() + 60
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=100)
+    for tp in consumer.assignment():
+        consumer.position(tp)
+    return consumer
+
+
 def requester(args: argparse.Namespace) -> None:
     out = producer(args)
-    consumer = assigned_consumer(args, args.reply_topic, [0])
+    consumer = group_consumer(args, args.reply_topic) if args.group else assigned_consumer(args, args.reply_topic, [0])
     ids = (i.to_bytes(8, "big") for i in itertools.count())
     if args.prewarm > 0:
         run_cell(out, consumer, ids, args, args.payloads[0], stats.PREWARM_IN_FLIGHT, 0, args.prewarm, report=False)
@@ -133,6 +147,8 @@ def main() -> None:
     parser.add_argument("--reply-topic", required=True)
     parser.add_argument("--fetch-max-wait-ms", type=int, default=10)
     parser.add_argument("--linger-ms", type=int, default=0)
+    parser.add_argument("--group", help="requester: read replies in this consumer group ('auto': named after the reply topic) "
+                        "instead of by manual assignment")
     stats.add_cell_arguments(parser)
     args = parser.parse_args()
     replier(args) if args.role == "replier" else requester(args)

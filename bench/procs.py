@@ -40,13 +40,13 @@ def python(module: str, *args: str) -> list[str]:
 class Proc:
     """A child process. With `pipe`, its stdout lines are read into `events` (JSON) as they come."""
 
-    def __init__(self, role: str, args: list[str], log: Path, pipe: bool = False) -> None:
+    def __init__(self, role: str, args: list[str], log: Path, pipe: bool = False, env: dict[str, str] | None = None) -> None:
         self.role = role
         self.args = args
         self.log = log
         self._out = log.open("wb")
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.popen = subprocess.Popen(args, cwd=REPO, env=child_env(), stdout=subprocess.PIPE if pipe else self._out,
+        self.popen = subprocess.Popen(args, cwd=REPO, env=child_env() | (env or {}), stdout=subprocess.PIPE if pipe else self._out,
                                       stderr=self._out)
         if pipe:
             assert self.popen.stdout is not None

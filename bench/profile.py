@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import topics
+from bench import topics, trace
 from bench.procs import Proc, python
 from bench.suite import PLANS, Run
 
@@ -155,6 +156,7 @@ def main(args: argparse.Namespace) -> int:
             client = run.loadgen([address], (payload,), (n,), warmup=3.0, duration=seconds)
             results.append(profile_cell(run, "adapter", client, [frontend, handler], seconds, out, f"adapter-{payload}-{n}"))
         run.stop_all()
+        traces = {payload: trace_call(run, payload, seconds, out / f"trace-{payload}") for payload in (100, 10240)}
         requests, replies = f"{run.prefix}pingpong.requests", f"{run.prefix}pingpong.replies"
         topics.create(args.bootstrap_servers, {requests: plan.request_partitions, replies: 1})
         common = ["--bootstrap-servers", args.bootstrap_servers, "--request-topic", requests, "--reply-topic", replies]
@@ -169,18 +171,46 @@ def main(args: argparse.Namespace) -> int:
         run.monitor.close()
         topics.remove(args.bootstrap_servers, run.prefix)
     meta = run.results["meta"] | {"loadavg_end": [round(x, 2) for x in os.getloadavg()], "rate_hz": RATE}
-    (args.out / "profile.json").write_text(json.dumps({"meta": meta, "profiles": results}, indent=1) + "\n")
-    (args.out / "profile.md").write_text(markdown(meta, results))
+    (args.out / "profile.json").write_text(json.dumps({"meta": meta, "profiles": results, "traces": traces}, indent=1) + "\n")
+    (args.out / "profile.md").write_text(markdown(meta, results, traces))
     log.info("wrote %s/profile.{json,md} and %s/*.txt", args.out, out)
     return 0
 
 
-def markdown(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
+def trace_call(run: Run, payload: int, seconds: float, folder: Path) -> dict[str, Any]:
+    """One call in flight through a frontend and a handler started with the ``trace`` variant."""
+    if folder.exists():
+        for old in folder.glob("*.jsonl"):
+            old.unlink()
+    plan = run.plan
+    run.plan = dataclasses.replace(plan, extra=plan.extra | {"variant": f"trace={folder}"})
+    try:
+        prefix = f"{run.prefix}trace{payload}."
+        _, address = run.frontend(prefix)
+        run.handler(prefix)
+        client = run.loadgen([address], (payload,), (1,), warmup=2.0, duration=min(seconds, 10.0))
+        cell = run.measure("adapter", client, (payload,), (1,))[0]
+        run.stop_all()  # the processes write their events as they exit
+    finally:
+        run.plan = plan
+    return {"payload": payload, "client_latency_ms": cell["latency_ms"], "steps_us": trace.analyse(folder)}
+
+
+def markdown(meta: dict[str, Any], results: list[dict[str, Any]], traces: dict[int, dict[str, Any]]) -> str:
     out = ["# Profiles (py-spy)", "",
            f"{meta['started']}, commit {meta['commit']}{' (adapter/handlers modified)' if meta['adapter_dirty'] else ''}, "
            f"{meta['cores']} cores, load average {meta['loadavg_start']} -> {meta['loadavg_end']}. "
            f"py-spy --gil --threads --nonblocking at {RATE} Hz. Percentages are of the samples in which some "
            "thread of the process held the GIL.", ""]
+    if traces:
+        payloads = sorted(traces)
+        out += ["## One call, step by step (1 in flight, `bench.trace`, median µs)", "",
+                "| step | " + " | ".join(f"{p} B" for p in payloads) + " |", "|---|" + "--:|" * len(payloads)]
+        for step in traces[payloads[0]]["steps_us"]:
+            out.append(f"| {step} | " + " | ".join(str(traces[p]["steps_us"].get(step, "-")) for p in payloads) + " |")
+        out.append("| client p50, ms (includes gRPC) | "
+                   + " | ".join(f"{traces[p]['client_latency_ms']['p50']:.2f}" for p in payloads) + " |")
+        out.append("")
     for r in results:
         out += [f"## {r['label']}: {r['throughput']:.0f} calls/s, p50 {r['latency_ms']['p50']:.2f} ms, "
                 f"p99 {r['latency_ms']['p99']:.2f} ms", ""]

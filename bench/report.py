@@ -8,10 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("direct", "pingpong", "adapter", "spring")
+SCENARIOS = ("direct", "pingpong", "adapter", "spring", "aiokafka", "confluent")
 LABELS = {"direct": "direct gRPC (no Kafka)", "pingpong": "raw kafka-python ping-pong",
-          "adapter": "adapter (frontend + handler)", "spring": "Spring ReplyingKafkaTemplate"}
-COLORS = {"direct": "tab:gray", "pingpong": "tab:blue", "adapter": "tab:red", "spring": "tab:green"}
+          "adapter": "adapter (frontend + handler)", "spring": "Spring ReplyingKafkaTemplate",
+          "aiokafka": "aiokafka ping-pong", "confluent": "confluent-kafka ping-pong"}
+COLORS = {"direct": "tab:gray", "pingpong": "tab:blue", "adapter": "tab:red", "spring": "tab:green",
+          "aiokafka": "tab:purple", "confluent": "tab:brown"}
 #: The issue's targets (2-core machine).
 TARGET_P50, TARGET_P99, TARGET_TPUT, TARGET_RSS_MB = 1.3, 2.0, 0.8, 150.0
 
@@ -79,8 +81,25 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{c['in_flight']} calls in flight, {size(c['payload'])}, {c['seconds']:.0f} s measured: "
                 f"{c['calls']} calls, {c['throughput']:.0f} calls/s, p50 {c['latency_ms']['p50']:.2f} ms, "
                 f"p99 {c['latency_ms']['p99']:.2f} ms, {c['errors']} errors. Frontend RSS {trend.get('first_mb')} MB → "
-                f"{trend.get('last_mb')} MB (max {trend.get('max_mb')} MB), slope {trend.get('slope_mb_per_min')} MB/min."]
+                f"{trend.get('last_mb')} MB (max {trend.get('max_mb')} MB); slope {trend.get('slope_mb_per_min')} MB/min overall, "
+                f"{trend.get('second_half_slope_mb_per_min')} MB/min over the second half."]
     return "\n".join(out) + "\n"
+
+
+def compare(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    """One row per (run, cell): the table `python -m bench --compare` prints."""
+    out = ["| run | scenario | payload | in flight | p50 ms | p99 ms | calls/s | CPU µs per call | foreign CPU s | load |",
+           "|---|---|---|--:|--:|--:|--:|---|--:|--:|"]
+    for name, results in runs:
+        plan = results["meta"]["plan"]
+        variant = " ".join(str(plan[k]) for k in ("variant", "pythonpath", "handler_target", "handler_args", "pingpong_args")
+                           if plan.get(k))
+        label = f"{name}" + (f" ({variant})" if variant else "")
+        for c in results["cells"]:
+            out.append(f"| {label} | {c['scenario']} | {size(c['payload'])} | {c['in_flight']} | {c['latency_ms']['p50']:.2f} "
+                       f"| {c['latency_ms']['p99']:.2f} | {c['throughput']:.0f} | {_procs(c, 'cpu_us_per_call', '.0f')} "
+                       f"| {c['machine']['foreign_cpu_s']:.1f} | {c['machine']['loadavg'][0]} |")
+    return "\n".join(out)
 
 
 def ratios(cells: list[dict[str, Any]]) -> list[str]:
@@ -208,7 +227,7 @@ def plot_long(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("frontend RSS, MB")
     ax.set_ylim(bottom=0)
     ax.set_title(f"frontend RSS, {c['in_flight']} calls in flight, {c['throughput']:.0f} calls/s; "
-                 f"slope {c['rss_trend'].get('slope_mb_per_min')} MB/min")
+                 f"second-half slope {c['rss_trend'].get('second_half_slope_mb_per_min')} MB/min")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

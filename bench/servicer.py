@@ -25,6 +25,13 @@ class Echo(kitchen_pb2_grpc.KitchenServicer):
         return request
 
 
+class SyncEcho(kitchen_pb2_grpc.KitchenServicer):
+    """The same with ``def``: a handler process runs it on its thread pool (one more thread hop)."""
+
+    def Echo(self, request, context):  # type: ignore[no-untyped-def]
+        return request
+
+
 async def serve(listen: str) -> None:
     server = grpc.aio.server()
     kitchen_pb2_grpc.add_KitchenServicer_to_server(Echo(), server)

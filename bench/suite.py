@@ -8,7 +8,8 @@ and RSS of every process at the window's edges. Scenarios:
 - ``direct``: grpc.aio client -> grpc.aio server (`bench.servicer`), no Kafka;
 - ``pingpong``: kafka-python requester -> replier (`bench.pingpong`), no gRPC;
 - ``adapter``: grpc.aio client -> ``python -m adapter`` -> Kafka -> ``python -m handlers``;
-- ``spring``: ReplyingKafkaTemplate -> @KafkaListener/@SendTo replier (`bench/spring`).
+- ``spring``: ReplyingKafkaTemplate -> @KafkaListener/@SendTo replier (`bench/spring`);
+- ``aiokafka``, ``confluent`` (only on request): the ping-pong with other Kafka clients (`bench.clients`).
 
 Then the scale-out (handler processes x frontends) and the frontend's memory with many
 calls in flight; `--long` runs a soak instead, sampling the frontend's RSS.
@@ -96,9 +97,10 @@ class Run:
 
     # ---- plumbing ----
 
-    def start(self, role: str, args: list[str], ready: str | None = None, pipe: bool = False) -> Proc:
+    def start(self, role: str, args: list[str], ready: str | None = None, pipe: bool = False,
+              env: dict[str, str] | None = None) -> Proc:
         self._started += 1
-        proc = Proc(role, args, self.logs / f"{self.prefix}{self._started:02d}-{role}.log", pipe=pipe)
+        proc = Proc(role, args, self.logs / f"{self.prefix}{self._started:02d}-{role}.log", pipe=pipe, env=env)
         self._procs.append(proc)
         if ready:
             proc.wait_for(ready)
@@ -135,7 +137,7 @@ class Run:
                 raise RuntimeError(f"{scenario}: unexpected events {warm} {done}")
             cell = {"scenario": scenario, "payload": payload, "in_flight": n, **extra,
                     "calls": done["calls"], "errors": done["errors"], "error_codes": done.get("error_codes", {}),
-                    "seconds": done["seconds"], "throughput": round(done["calls"] / done["seconds"], 1),
+                    "seconds": done["seconds"], "throughput": round(done["calls"] / max(done["seconds"], 1e-9), 1),
                     "latency_ms": done["latency_ms"], **Monitor.window(start, end, done["calls"])}
             log.info("%-9s %6d B %4d in flight %s: p50 %7.2f ms  p99 %7.2f ms  %7.0f calls/s  errors %d  load %s",
                      scenario, payload, n, _extra_label(extra), cell["latency_ms"]["p50"], cell["latency_ms"]["p99"],
@@ -150,22 +152,29 @@ class Run:
                 warmup: float | None = None, duration: float | None = None) -> Proc:
         args = python("bench.loadgen", *(a for t in targets for a in ("--target", t)),
                       *self.cell_args(payloads, in_flight, warmup, duration))
-        return self.start("client", args, pipe=True)
+        # With the trace variant, the client marks its side of each call in the same folder.
+        traced = [v.split("=", 1)[1] for v in self.plan.extra.get("variant", "").split(",") if v.startswith("trace=")]
+        return self.start("client", args, pipe=True, env={"BENCH_TRACE": traced[0]} if traced else None)
+
+    def entry(self, module: str) -> list[str]:
+        """`python -m MODULE`, through `bench.variants` when the plan names variants."""
+        variant = self.plan.extra.get("variant")
+        return python("bench.variants", variant, module) if variant else python(module)
 
     def frontend(self, prefix: str, role: str = "frontend") -> tuple[Proc, str]:
-        proc = self.start(role, python(
-            "adapter", "--proto-path", "protos", "--listen", "127.0.0.1:0", "--bootstrap-servers", self.bootstrap,
-            "--topic-prefix", prefix, "--reply-topic", f"{prefix}replies",
-            "--reply-partitions", str(self.plan.reply_partitions),
-            "--topic-partitions", str(self.plan.request_partitions)))
+        proc = self.start(role, [
+            *self.entry("adapter"), "--proto-path", "protos", "--listen", "127.0.0.1:0",
+            "--bootstrap-servers", self.bootstrap, "--topic-prefix", prefix, "--reply-topic", f"{prefix}replies",
+            "--reply-partitions", str(self.plan.reply_partitions), "--topic-partitions", str(self.plan.request_partitions)])
         address = proc.wait_for(r"serving on (\S+)").group(1)
         return proc, address
 
     def handler(self, prefix: str, role: str = "handler") -> Proc:
-        return self.start(role, python(
-            "handlers", "bench.servicer:Echo", "--bootstrap-servers", self.bootstrap, "--topic-prefix", prefix,
+        target = self.plan.extra.get("handler_target", "bench.servicer:Echo")
+        return self.start(role, [
+            *self.entry("handlers"), target, "--bootstrap-servers", self.bootstrap, "--topic-prefix", prefix,
             "--group", f"{prefix}handlers", "--topic-partitions", str(self.plan.request_partitions),
-            *self.plan.extra.get("handler_args", ())), ready=r"handlers: serving")
+            *self.plan.extra.get("handler_args", ())], ready=r"handlers: serving")
 
     # ---- scenarios ----
 
@@ -176,15 +185,24 @@ class Run:
         self.results["cells"] += self.measure("direct", client, self.plan.payloads, self.plan.in_flight)
         self.stop(server)
 
-    def pingpong(self) -> None:
-        requests, replies = f"{self.prefix}pingpong.requests", f"{self.prefix}pingpong.replies"
+    def pingpong(self, scenario: str = "pingpong", module: tuple[str, ...] = ("bench.pingpong",)) -> None:
+        requests, replies = f"{self.prefix}{scenario}.requests", f"{self.prefix}{scenario}.replies"
         topics.create(self.bootstrap, {requests: self.plan.request_partitions, replies: 1})
-        common = ["--bootstrap-servers", self.bootstrap, "--request-topic", requests, "--reply-topic", replies]
-        replier = self.start("replier", python("bench.pingpong", "replier", *common), ready=r"replier ready")
-        client = self.start("client", python("bench.pingpong", "requester", *common,
+        common = ["--bootstrap-servers", self.bootstrap, "--request-topic", requests, "--reply-topic", replies,
+                  *self.plan.extra.get("pingpong_args", ())]
+        replier = self.start("replier", python(*module, "replier", *common), ready=r"replier ready")
+        client = self.start("client", python(*module, "requester", *common,
                                              *self.cell_args(self.plan.payloads, self.plan.in_flight)), pipe=True)
-        self.results["cells"] += self.measure("pingpong", client, self.plan.payloads, self.plan.in_flight)
+        self.results["cells"] += self.measure(scenario, client, self.plan.payloads, self.plan.in_flight)
         self.stop(replier)
+
+    def aiokafka(self) -> None:
+        """The ping-pong with aiokafka (not in the default run): the asyncio client."""
+        self.pingpong("aiokafka", ("bench.clients", "aiokafka"))
+
+    def confluent(self) -> None:
+        """The ping-pong with confluent-kafka (not in the default run): librdkafka."""
+        self.pingpong("confluent", ("bench.clients", "confluent"))
 
     def adapter(self) -> None:
         prefix = f"{self.prefix}adapter."
@@ -267,17 +285,22 @@ class Run:
 
 
 def rss_trend(samples: list[tuple[float, float]], skip: float) -> dict[str, float]:
-    """Least-squares slope (MB per minute) of RSS after the first `skip` seconds, with first/last/max."""
+    """RSS after the first `skip` seconds: first/last/max MB, and the least-squares slope (MB per
+    minute) over all of it and over its second half (allocators grow to a plateau first)."""
     points = [(t, mb) for t, mb in samples if t >= skip]
-    if len(points) < 2:
+    if len(points) < 4:
         return {}
+    return {"slope_mb_per_min": _slope(points), "second_half_slope_mb_per_min": _slope(points[len(points) // 2:]),
+            "first_mb": points[0][1], "last_mb": points[-1][1], "max_mb": max(mb for _, mb in points),
+            "seconds": round(points[-1][0] - points[0][0], 1)}
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
     n = len(points)
     mean_t = sum(t for t, _ in points) / n
     mean_mb = sum(mb for _, mb in points) / n
     var = sum((t - mean_t) ** 2 for t, _ in points) or 1.0
-    slope = sum((t - mean_t) * (mb - mean_mb) for t, mb in points) / var
-    return {"slope_mb_per_min": round(slope * 60, 3), "first_mb": points[0][1], "last_mb": points[-1][1],
-            "max_mb": max(mb for _, mb in points), "seconds": round(points[-1][0] - points[0][0], 1)}
+    return round(sum((t - mean_t) * (mb - mean_mb) for t, mb in points) / var * 60, 3)
 
 
 def build_spring() -> str:
@@ -302,7 +325,6 @@ def broker_pid(bootstrap: str) -> int | None:
 
 def machine_meta(plan: Plan, bootstrap: str, prefix: str) -> dict[str, Any]:
     import grpc
-
     import kafka
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError
-
-from kafka import KafkaAdminClient
 
 log = logging.getLogger("bench")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from adapter import wire
-from adapter.metrics import HandlerMetrics
+from adapter.metrics import DEADLINE_SLACK, HandlerMetrics
 from handlers.context import HandlerContext
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
@@ -213,7 +213,10 @@ class Calls:
             log.debug("dropped %s frame of call %s that is not running here", frame.kind, frame.correlation_id.hex())
             return
         if frame.kind == wire.CANCEL:
-            self.cancel(frame.correlation_id)
+            remaining = call.request.time_remaining()
+            timed_out = remaining is not None and remaining < DEADLINE_SLACK  # the caller's deadline, most likely
+            self.cancel(frame.correlation_id, "cancelled by the caller",
+                        grpc.StatusCode.DEADLINE_EXCEEDED if timed_out else grpc.StatusCode.CANCELLED)
             return
         if call.requests is None:
             self.orphan_frames += 1

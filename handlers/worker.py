@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 STREAM_WINDOW = 64
 #: Seconds a rebalance waits for the running calls of partitions moving away.
 REVOKE_GRACE = 5.0
+#: Seconds between offset commits while consuming (revocation and shutdown commit at once).
+COMMIT_INTERVAL = 0.2
 #: Seconds between samples of the consumer lag, for the metrics.
 LAG_INTERVAL = 2.0
 
@@ -75,6 +77,7 @@ class Worker(ConsumerRebalanceListener):
         self._consumer: Any = None
         self._producer: Any = None
         self._paused = False
+        self._commit_due = 0.0
         self._lag_due = 0.0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -104,13 +107,23 @@ class Worker(ConsumerRebalanceListener):
             ready.set()
         try:
             while not stop.is_set():
-                batches = await self._on_kafka_thread(self._poll)
+                try:
+                    batches = await self._on_kafka_thread(self._poll)
+                except Exception as exc:
+                    # The broker is away (restart, network): keep trying rather than exit.
+                    log.warning("fetching requests failed, retrying in 1s: %s: %s", type(exc).__name__, exc)
+                    await asyncio.sleep(1.0)
+                    continue
                 for tp, records in batches.items():
                     for record in records:
                         self.tracker.add(tp.topic, tp.partition, record.offset)
                         self._accept(record)
                 await self._flow_control()
-                await self._commit(sync=False)
+                if time.monotonic() >= self._commit_due:
+                    # Committing after every poll costs the handler and the broker CPU for
+                    # nothing: a few hundred milliseconds late changes only what a crash redoes.
+                    self._commit_due = time.monotonic() + COMMIT_INTERVAL
+                    await self._commit(sync=False)
         finally:
             await self._drain()
 
@@ -224,25 +237,28 @@ class Worker(ConsumerRebalanceListener):
         now = time.monotonic()
         if now >= self._lag_due:
             self._lag_due = now + LAG_INTERVAL
-            try:
-                self.metrics.set_lag(self._lag())
-            except KafkaError as exc:
-                log.debug("could not sample the consumer lag: %s", exc)
+            lags = self._lag()
+            if lags is not None:
+                self.metrics.set_lag(lags)
         return batches
 
-    def _lag(self) -> dict[Partition, int]:
+    def _lag(self) -> dict[Partition, int] | None:
         # Every fetch response carries the partition's end offset (highwater), so this asks
         # the broker nothing, except for paused partitions: they are not fetched meanwhile.
         consumer = self._consumer
         paused = consumer.paused()
         ends = {tp: consumer.highwater(tp) for tp in consumer.assignment() if tp not in paused}
-        if paused:
-            ends.update(consumer.end_offsets(list(paused), timeout_ms=1000))
-        lags = {}
-        for tp, end in ends.items():
-            position = None if end is None else consumer.position(tp, timeout_ms=0)
-            if position is not None:  # both known once the partition has been fetched
-                lags[(tp.topic, tp.partition)] = max(0, end - position)
+        lags: dict[Partition, int] = {}
+        try:
+            if paused:
+                ends.update(consumer.end_offsets(list(paused), timeout_ms=1000))
+            for tp, end in ends.items():
+                position = None if end is None else consumer.position(tp, timeout_ms=0)
+                if position is not None:  # both are known once the partition has been fetched
+                    lags[(tp.topic, tp.partition)] = max(0, end - position)
+        except KafkaError as exc:
+            log.debug("could not sample the consumer lag: %s", exc)
+            return None  # keep the last sample
         return lags
 
     async def _flow_control(self) -> None:
@@ -264,7 +280,7 @@ class Worker(ConsumerRebalanceListener):
             else:
                 await self._on_kafka_thread(self._consumer.commit_async, commit, self._commit_done)
             self.tracker.committed(offsets)
-        except KafkaError as exc:
+        except Exception as exc:  # kafka-python raises more than KafkaError while the broker is away
             log.warning("commit failed (the records will be redelivered): %s", exc)
 
     @staticmethod
