@@ -11,7 +11,9 @@ import base64
 import importlib.resources
 import json
 import subprocess
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +39,43 @@ def node_client() -> Path:
 
 
 @pytest.fixture(scope="module")
-def node_run(kafka_bootstrap: str, node_client: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Run client.js once against a frontend and a handler process; its results by case name."""
+def node_run(kafka_bootstrap: str, node_client: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Run client.js once against a frontend and a handler process; its results by case name.
+
+    The processes stay up until the module's tests are done, so they can wait for what the handler
+    records in its events file (KITCHEN_EVENTS) about cancelled streams.
+    """
     tmp = tmp_path_factory.mktemp("node")
     prefix = f"t{uuid.uuid4().hex[:10]}."
+    events = tmp / "events"
     front, address = procs.frontend(tmp / "frontend.log", kafka_bootstrap, prefix)
-    worker = procs.handler(tmp / "handler.log", kafka_bootstrap, prefix, targets=["tests.kitchen_service:Kitchen"])
+    worker = procs.handler(tmp / "handler.log", kafka_bootstrap, prefix, env={"KITCHEN_EVENTS": str(events)},
+                           targets=["tests.kitchen_service:Kitchen"])
     well_known = importlib.resources.files("grpc_tools") / "_proto"  # google/protobuf/*.proto
     try:
         run = subprocess.run(["node", str(node_client), address, str(procs.REPO / "protos"), str(well_known)],
                              capture_output=True, text=True, timeout=120, check=False)
+        assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+        lines = [json.loads(line) for line in run.stdout.splitlines()]
+        assert lines[-1] == {"event": "done"}, run.stdout
+        yield {"handler_pid": worker.pid, "events": events, **{line["case"]: line for line in lines if "case" in line}}
     finally:
         assert worker.stop() == 0, worker.output()
         assert front.stop() == 0, front.output()
-    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
-    lines = [json.loads(line) for line in run.stdout.splitlines()]
-    assert lines[-1] == {"event": "done"}, run.stdout
-    return {"handler_pid": worker.pid, **{line["case"]: line for line in lines if "case" in line}}
+
+
+def _wait_for_event(path: Path, line: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and line in path.read_text().splitlines():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"handler never recorded {line!r}; it recorded {path.read_text() if path.exists() else ''!r}")
+
+
+def _numbers(items: list[dict[str, Any]]) -> list[int]:
+    """Item.i of each item; proto-loader (defaults: false) leaves a zero out."""
+    return [item.get("i", 0) for item in items]
 
 
 def test_unary_echo_with_unicode_bytes_and_64_bit_numbers(node_run: dict[str, Any]) -> None:
@@ -97,3 +119,77 @@ def test_client_deadline_gives_deadline_exceeded(node_run: dict[str, Any]) -> No
     case = node_run["deadline"]
     assert case["error"]["code"] == 4  # DEADLINE_EXCEEDED
     assert case["seconds"] < 2
+
+
+OK, CANCELLED, DEADLINE_EXCEEDED, FAILED_PRECONDITION, ABORTED = 0, 1, 4, 9, 10
+
+
+@pytest.mark.parametrize("method", ["CountUp", "AsyncCountUp"])
+@pytest.mark.parametrize("n", [0, 1, 1000])
+def test_server_streaming_in_order(node_run: dict[str, Any], method: str, n: int) -> None:
+    case = node_run[f"{method}-{n}"]
+    assert case.get("error") is None and case["code"] == OK, case
+    assert _numbers(case["items"]) == list(range(n))
+    assert all(base64.b64decode(item["data"]) == b"xxx" for item in case["items"])
+    if method == "CountUp":  # set after the last item
+        assert case["trailers"]["x-count"] == [str(n)]
+
+
+@pytest.mark.parametrize("method", ["CountUp", "AsyncCountUp"])
+def test_server_streaming_error_mid_stream(node_run: dict[str, Any], method: str) -> None:
+    case = node_run[f"{method}-fail"]
+    assert _numbers(case["items"]) == [0, 1, 2, 3, 4]
+    assert (case["error"]["code"], case["error"]["details"]) == (FAILED_PRECONDITION, "failed at 5")
+    assert (case["code"], case["details"]) == (FAILED_PRECONDITION, "failed at 5")
+
+
+@pytest.mark.parametrize("method", ["Collect", "AsyncCollect"])
+@pytest.mark.parametrize("n", [0, 500])
+def test_client_streaming(node_run: dict[str, Any], method: str, n: int) -> None:
+    case = node_run[f"{method}-{n}"]
+    assert case.get("error") is None and case["code"] == OK, case
+    if n == 0:
+        assert case["reply"] == {}  # every field at its default, so proto-loader leaves them all out
+    else:
+        assert case["reply"] == {"count": n, "total_bytes": str(2 * n), "order": list(range(100))}
+
+
+def test_bidi_replies_in_order(node_run: dict[str, Any]) -> None:
+    case = node_run["chat"]
+    assert case.get("error") is None and case["code"] == OK, case
+    assert _numbers(case["items"]) == [2 * i for i in range(100)]
+    assert [base64.b64decode(item.get("data", "")) for item in case["items"]] == [bytes([i]) for i in range(100)]
+    assert {item["tag"] for item in case["items"]} == {"reply"}
+
+
+def test_bidi_abort_mid_stream(node_run: dict[str, Any]) -> None:
+    case = node_run["chat-fail"]
+    assert case["written"] == 4  # the request stream was still open when the handler aborted
+    assert _numbers(case["items"]) == [0, 2, 4]
+    assert (case["error"]["code"], case["error"]["details"]) == (ABORTED, "asked to fail at 3")
+    assert case["code"] == ABORTED
+
+
+@pytest.mark.parametrize(("method", "seen"), [("Watch", ["callback", "inactive"]), ("AsyncWatch", ["task-cancelled", "callback"])])
+def test_client_cancel_mid_stream(node_run: dict[str, Any], method: str, seen: list[str]) -> None:
+    case = node_run[f"{method}-cancel"]
+    assert _numbers(case["items"]) == [0, 1, 2]
+    assert case["error"]["code"] == CANCELLED and case["code"] == CANCELLED
+    assert case["seconds"] < 5
+    for what in seen:  # the cancel reached the handler
+        _wait_for_event(node_run["events"], f"{what} {case['tag']}")
+
+
+def test_deadline_on_server_stream(node_run: dict[str, Any]) -> None:
+    case = node_run["Watch-deadline"]
+    assert case["error"]["code"] == DEADLINE_EXCEEDED and case["code"] == DEADLINE_EXCEEDED
+    assert len(case["items"]) > 3 and _numbers(case["items"]) == list(range(len(case["items"])))
+    assert case["seconds"] < 3
+    _wait_for_event(node_run["events"], f"inactive {case['tag']}")
+
+
+def test_deadline_on_bidi_stream_left_open(node_run: dict[str, Any]) -> None:
+    case = node_run["chat-deadline"]
+    assert _numbers(case["items"]) == [42]
+    assert case["error"]["code"] == DEADLINE_EXCEEDED and case["code"] == DEADLINE_EXCEEDED
+    assert case["seconds"] < 3
