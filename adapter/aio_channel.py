@@ -24,7 +24,6 @@ import time
 import types
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,7 +33,7 @@ from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from adapter import wire
-from adapter.config import FrontendConfig, KafkaConfig
+from adapter.config import KafkaConfig, ReplyConfig
 from adapter.errors import CallError, ConfigError, MalformedRecord, TransportError
 from adapter.requester import Requester
 from adapter.routing import Route, routes_for
@@ -88,11 +87,9 @@ class AioKafkaChannel(grpc.aio.Channel):
         elif bootstrap_servers is not None or topic_prefix is not None:
             raise ConfigError("give either kafka or bootstrap_servers/topic_prefix, not both")
         routes = routes_for(_service_descriptors(services), kafka.topic_prefix)
-        # Stopgap: KafkaTransport takes a FrontendConfig, which insists on a folder of .proto files
-        # that a channel never reads; this package's own folder always exists.
-        config = FrontendConfig(kafka=kafka, proto_paths=(Path(__file__).parent,), reply_topic=reply_topic,
-                                reply_partitions=reply_partitions, default_timeout=default_timeout,
-                                start_timeout=start_timeout)
+        if default_timeout <= 0 or start_timeout <= 0:
+            raise ConfigError("default_timeout and start_timeout must be positive")
+        config = ReplyConfig(kafka=kafka, reply_topic=reply_topic, reply_partitions=reply_partitions)
         channel = cls(Requester(KafkaTransport(config, {r.topic for r in routes.values()}), default_timeout), routes)
         try:
             await channel.start(start_timeout)

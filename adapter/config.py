@@ -65,6 +65,26 @@ class KafkaConfig:
 
 
 @dataclass(frozen=True)
+class ReplyConfig:
+    """Where a requester (a frontend, a `KafkaChannel`) receives its replies."""
+
+    kafka: KafkaConfig
+    #: Topic shared by the requesters of a deployment; each instance owns some of its partitions.
+    reply_topic: str = "kafka-rpc.replies"
+    #: Partitions of the reply topic when we create it: the most instances that can share it.
+    reply_partitions: int = 16
+
+    def __post_init__(self) -> None:
+        check_topic(self.reply_topic, "reply_topic")
+        _positive("reply_partitions", self.reply_partitions)
+
+    @property
+    def reply_group(self) -> str:
+        """Consumer group through which the instances share out the reply partitions."""
+        return f"kafka-rpc-frontends.{self.reply_topic}"
+
+
+@dataclass(frozen=True)
 class FrontendConfig:
     """Settings of the gRPC frontend (`python -m adapter`)."""
 
@@ -100,9 +120,14 @@ class FrontendConfig:
         _port("metrics_port", self.metrics_port)
 
     @property
+    def replies(self) -> ReplyConfig:
+        """The reply side of this frontend."""
+        return ReplyConfig(self.kafka, self.reply_topic, self.reply_partitions)
+
+    @property
     def reply_group(self) -> str:
         """Consumer group through which frontends share out the reply partitions."""
-        return f"kafka-rpc-frontends.{self.reply_topic}"
+        return self.replies.reply_group
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class Gateway:
         self.metrics = metrics if metrics is not None else FrontendMetrics()
         for path in self.routes:
             self.metrics.method(path)  # their series exist before the first call
-        transport = transport or KafkaTransport(config, {r.topic for r in self.routes.values()}, self.metrics)
+        transport = transport or KafkaTransport(config.replies, {r.topic for r in self.routes.values()}, self.metrics)
         self.requester = Requester(transport, config.default_timeout, self.metrics)
         self.health = HealthServicer()
         self.port: int | None = None

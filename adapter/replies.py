@@ -21,7 +21,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
 from adapter import wire
-from adapter.config import FrontendConfig
+from adapter.config import ReplyConfig
 from adapter.errors import MalformedRecord
 from adapter.kafka import make_consumer
 from adapter.metrics import FrontendMetrics
@@ -40,7 +40,7 @@ class ReplyListener(ConsumerRebalanceListener):
     on the listener's thread.
     """
 
-    def __init__(self, config: FrontendConfig, on_replies: OnReplies, on_partitions: OnPartitions,
+    def __init__(self, config: ReplyConfig, on_replies: OnReplies, on_partitions: OnPartitions,
                  metrics: FrontendMetrics | None = None) -> None:
         self._config = config
         self._on_replies = on_replies

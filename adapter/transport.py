@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from kafka import KafkaAdminClient
 
 from adapter import wire
-from adapter.config import FrontendConfig
+from adapter.config import ReplyConfig
 from adapter.errors import TransportError
 from adapter.kafka import client_settings, ensure_topics, make_producer, translated
 from adapter.metrics import FrontendMetrics
@@ -50,7 +50,7 @@ class Transport(Protocol):
 class KafkaTransport:
     """`Transport` over a real Kafka cluster, with kafka-python."""
 
-    def __init__(self, config: FrontendConfig, request_topics: set[str], metrics: FrontendMetrics | None = None) -> None:
+    def __init__(self, config: ReplyConfig, request_topics: set[str], metrics: FrontendMetrics | None = None) -> None:
         self._config = config
         self._metrics = metrics
         self._request_topics = request_topics

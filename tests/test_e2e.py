@@ -185,11 +185,20 @@ def test_deadline_exceeded_and_seen_by_handler(stack: Stack) -> None:
     assert reply.active_after
 
 
-def test_late_reply_never_reaches_another_call(stack: Stack) -> None:
+def test_replies_for_no_waiting_call_never_reach_another_call(stack: Stack, kafka_bootstrap: str) -> None:
     with pytest.raises(grpc.RpcError):
         stack.kitchen.Sleep(kitchen_pb2.SleepRequest(seconds=1.0), timeout=0.3)
-    # The late reply of the call above arrives while these run; each gets its own.
+    # Replies nobody waits for (late, forged, another instance's) land on every reply partition
+    # while these calls run: each call still gets its own reply.
     futures = [stack.kitchen.Echo.future(kitchen_pb2.Everything(number=i), timeout=20) for i in range(50)]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    stray = kitchen_pb2.Everything(number=-1).SerializeToString()
+    for partition in range(4):
+        for _ in range(5):
+            reply = wire.Reply(wire.new_correlation_id(), payload=stray)
+            producer.send(f"{stack.prefix}replies", value=stray, headers=reply.encode_headers(), partition=partition)
+    producer.flush(10)
+    producer.close()
     assert [f.result().number for f in futures] == list(range(50))
 
 
