@@ -131,9 +131,7 @@ class Request:
         (a plain Spring requester does not send it).
         """
         last = _last_values(headers)
-        correlation_id = last.get(CORRELATION_ID)
-        if not correlation_id:
-            raise MalformedRecord(f"missing {CORRELATION_ID} header")
+        correlation_id = _correlation_id(last)
         reply_partition = None
         if REPLY_PARTITION in last:
             raw = last[REPLY_PARTITION]
@@ -187,9 +185,7 @@ class Reply:
     def decode(cls, headers: Headers | None, value: bytes | None) -> Reply:
         """Read a reply record. A reply without `rpc-status` is OK (a Spring replier)."""
         last = _last_values(headers)
-        correlation_id = last.get(CORRELATION_ID)
-        if not correlation_id:
-            raise MalformedRecord(f"missing {CORRELATION_ID} header")
+        correlation_id = _correlation_id(last)
         code = grpc.StatusCode.OK
         if STATUS in last:
             try:
@@ -225,9 +221,7 @@ class Frame:
     @classmethod
     def decode(cls, headers: Headers | None, value: bytes | None) -> Frame:
         last = _last_values(headers)
-        correlation_id = last.get(CORRELATION_ID)
-        if not correlation_id:
-            raise MalformedRecord(f"missing {CORRELATION_ID} header")
+        correlation_id = _correlation_id(last)
         kind = _text(last, KIND) or ""
         if kind not in _FRAME_KINDS:
             raise MalformedRecord(f"{KIND} {kind!r} is not one of {', '.join(sorted(_FRAME_KINDS))}")
@@ -316,6 +310,13 @@ def _decode_metadata(prefix: str, headers: Headers | None) -> Metadata:
             except UnicodeDecodeError:
                 raise MalformedRecord(f"header {name!r} is not UTF-8 (binary keys end in -bin)") from None
     return tuple(out)
+
+
+def _correlation_id(last: dict[str, bytes]) -> bytes:
+    correlation_id = last.get(CORRELATION_ID)
+    if not correlation_id:
+        raise MalformedRecord(f"missing {CORRELATION_ID} header")
+    return correlation_id
 
 
 def _last_values(headers: Headers | None) -> dict[str, bytes]:
