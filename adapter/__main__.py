@@ -12,6 +12,11 @@ from adapter.cli import add_kafka_arguments, add_metrics_argument, env, kafka_co
 from adapter.errors import KafkaRpcError
 
 
+def env_path(name: str) -> Path | None:
+    value = env(name, "")
+    return Path(value) if value else None
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m adapter",
@@ -30,6 +35,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds to wait for a reply when the client sets no deadline (default %(default)s)")
     parser.add_argument("--max-in-flight", type=int, default=10_000,
                         help="calls in flight beyond which new calls get RESOURCE_EXHAUSTED (default %(default)s)")
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls-cert", type=Path, default=env_path("KAFKA_RPC_TLS_CERT"),
+                     help="PEM certificate chain: serve gRPC over TLS (env KAFKA_RPC_TLS_CERT)")
+    tls.add_argument("--tls-key", type=Path, default=env_path("KAFKA_RPC_TLS_KEY"),
+                     help="PEM private key of --tls-cert (env KAFKA_RPC_TLS_KEY)")
+    tls.add_argument("--tls-client-ca", type=Path, default=env_path("KAFKA_RPC_TLS_CLIENT_CA"),
+                     help="PEM CA bundle: require client certificates it signed, mutual TLS (env KAFKA_RPC_TLS_CLIENT_CA)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds calls in flight may take to finish at shutdown (default %(default)s)")
     add_metrics_argument(parser)
@@ -59,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             reply_partitions=args.reply_partitions,
             default_timeout=args.default_timeout,
             max_in_flight=args.max_in_flight,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
             metrics_port=args.metrics_port,
         )
         protos = ProtoSet.load(config.proto_paths)

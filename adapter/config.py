@@ -101,6 +101,11 @@ class FrontendConfig:
     start_timeout: float = 60.0
     #: Calls in flight beyond which new calls get RESOURCE_EXHAUSTED at once.
     max_in_flight: int = 10_000
+    #: PEM certificate chain and private key: serve gRPC over TLS (else plaintext).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: PEM CA bundle: require client certificates signed by it (mutual TLS).
+    tls_client_ca: Path | None = None
     #: Port of the Prometheus endpoint (/metrics); None: no endpoint.
     metrics_port: int | None = None
 
@@ -117,6 +122,14 @@ class FrontendConfig:
         _positive("default_timeout", self.default_timeout)
         _positive("start_timeout", self.start_timeout)
         _positive("max_in_flight", self.max_in_flight)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key: give both, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca: mutual TLS needs tls_cert and tls_key too")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{name}: {str(path)!r} is not a readable file")
         _port("metrics_port", self.metrics_port)
 
     @property

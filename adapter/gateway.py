@@ -78,7 +78,7 @@ class Gateway:
             server,
             pool=self.protos.pool,
         )
-        self.port = server.add_insecure_port(self.config.listen)
+        self.port = self._add_port(server)
         if not self.port:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
@@ -86,6 +86,18 @@ class Gateway:
         await self._set_health(True)
         self._health_task = asyncio.create_task(self._watch_health())
         log.info("serving %d services (%d methods) on %s", len(names), len(self.routes), self.config.listen)
+
+    def _add_port(self, server: grpc.aio.Server) -> int:
+        config = self.config
+        if config.tls_cert is None or config.tls_key is None:
+            return server.add_insecure_port(config.listen)
+        client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+        return server.add_secure_port(config.listen, credentials)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, let calls in flight finish for `grace` seconds, disconnect."""
