@@ -8,13 +8,16 @@ import logging
 import sys
 from pathlib import Path
 
-from adapter.cli import add_kafka_arguments, add_metrics_argument, env, kafka_config, run, serve_metrics, setup_logging
+from adapter.cli import (
+    add_kafka_arguments,
+    add_metrics_argument,
+    kafka_config,
+    parse_settings,
+    run,
+    serve_metrics,
+    setup_logging,
+)
 from adapter.errors import KafkaRpcError
-
-
-def env_path(name: str) -> Path | None:
-    value = env(name, "")
-    return Path(value) if value else None
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,9 +28,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--proto-path", action="append", type=Path, metavar="DIR",
                         help="folder of .proto files to serve (repeatable; env KAFKA_RPC_PROTO_PATH, ':'-separated)")
-    parser.add_argument("--listen", default=env("KAFKA_RPC_LISTEN", "127.0.0.1:50051"),
+    parser.add_argument("--listen", default="127.0.0.1:50051",
                         help="gRPC address HOST:PORT (env KAFKA_RPC_LISTEN; default %(default)s)")
-    parser.add_argument("--reply-topic", default=env("KAFKA_RPC_REPLY_TOPIC", "kafka-rpc.replies"),
+    parser.add_argument("--reply-topic", default="kafka-rpc.replies",
                         help="topic replies come back on, shared by all frontends (default %(default)s)")
     parser.add_argument("--reply-partitions", type=int, default=16,
                         help="partitions of the reply topic if created: the most frontends sharing it (default %(default)s)")
@@ -36,25 +39,27 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-in-flight", type=int, default=10_000,
                         help="calls in flight beyond which new calls get RESOURCE_EXHAUSTED (default %(default)s)")
     tls = parser.add_argument_group("TLS")
-    tls.add_argument("--tls-cert", type=Path, default=env_path("KAFKA_RPC_TLS_CERT"),
+    tls.add_argument("--tls-cert", type=Path, default=None,
                      help="PEM certificate chain: serve gRPC over TLS (env KAFKA_RPC_TLS_CERT)")
-    tls.add_argument("--tls-key", type=Path, default=env_path("KAFKA_RPC_TLS_KEY"),
+    tls.add_argument("--tls-key", type=Path, default=None,
                      help="PEM private key of --tls-cert (env KAFKA_RPC_TLS_KEY)")
-    tls.add_argument("--tls-client-ca", type=Path, default=env_path("KAFKA_RPC_TLS_CLIENT_CA"),
+    tls.add_argument("--tls-client-ca", type=Path, default=None,
                      help="PEM CA bundle: require client certificates it signed, mutual TLS (env KAFKA_RPC_TLS_CLIENT_CA)")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds calls in flight may take to finish at shutdown (default %(default)s)")
     add_metrics_argument(parser)
     add_kafka_arguments(parser)
-    args = parser.parse_args(argv)
-    if not args.proto_path:
-        from_env = env("KAFKA_RPC_PROTO_PATH", "")
-        args.proto_path = [Path(p) for p in from_env.split(":") if p]
+    args = parse_settings(parser, argv, "frontend")
+    args.proto_path = args.proto_path or []
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+    try:
+        args = parse(argv)
+    except KafkaRpcError as exc:
+        print(f"adapter: error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(args.log_level, "adapter")
 
     async def serve(stop: asyncio.Event) -> None:

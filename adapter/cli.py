@@ -1,4 +1,11 @@
-"""What both command lines share: Kafka flags, logging, signals, one-line errors.
+"""What both command lines share: settings, Kafka flags, logging, signals, one-line errors.
+
+Every setting comes from, in this order of precedence: its flag (``--reply-topic``), its
+environment variable (``KAFKA_RPC_REPLY_TOPIC``; ``KAFKA_BOOTSTRAP_SERVERS`` for the
+bootstrap servers), a TOML file (``--config FILE`` or ``KAFKA_RPC_CONFIG``), then its
+default. In the file, settings sit in ``[kafka]`` and ``[frontend]`` or ``[handlers]``, named
+like their flags (``reply_topic`` or ``reply-topic``); ``[kafka.client]`` passes settings
+through to kafka-python (``security_protocol``, ``sasl_mechanism``, ``ssl_cafile``...).
 
 Environment variables are read here and nowhere else in the library.
 """
@@ -11,11 +18,13 @@ import logging
 import os
 import signal
 import sys
+import tomllib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from adapter.config import KafkaConfig, MiB
-from adapter.errors import KafkaRpcError
+from adapter.errors import ConfigError, KafkaRpcError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -27,38 +36,176 @@ def env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+_UNSET = object()
+#: Settings whose environment variable does not follow KAFKA_RPC_<NAME>.
+_ENV_NAMES = {"bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS"}
+_SECRET_WORDS = ("password", "secret", "token", "key")
+
+
+def env_name(dest: str) -> str:
+    """The environment variable of a setting."""
+    return _ENV_NAMES.get(dest, "KAFKA_RPC_" + dest.upper())
+
+
+def parse_settings(parser: argparse.ArgumentParser, argv: list[str] | None, section: str) -> argparse.Namespace:
+    """Parse flags, then fill what they leave from the environment, the TOML file, the defaults."""
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML file of settings (env KAFKA_RPC_CONFIG); flags and environment override it")
+    parser.add_argument("--kafka-option", action="append", metavar="KEY=VALUE", dest="kafka_option",
+                        help="kafka-python client setting passed through, e.g. security_protocol=SASL_SSL (repeatable)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the settings in effect (secrets masked) and exit")
+    parser.epilog = ("Every setting can also come from the environment (KAFKA_RPC_<FLAG>, e.g. KAFKA_RPC_REPLY_TOPIC) "
+                     "or a TOML file (--config), in that order after the flag.")
+    actions = [a for a in parser._actions if a.dest not in ("help", "config", "print_config")]
+    # Pre-filled markers tell given flags apart from defaults (append actions extend a list: None).
+    given = parser.parse_args(argv, namespace=argparse.Namespace(
+        **{a.dest: None if isinstance(a, argparse._AppendAction) else _UNSET for a in actions}))
+    config_path = given.config or (Path(os.environ["KAFKA_RPC_CONFIG"]) if os.environ.get("KAFKA_RPC_CONFIG") else None)
+    from_file, client_options = _read_file(config_path, section, {a.dest for a in actions}) if config_path else ({}, {})
+    for action in actions:
+        value = getattr(given, action.dest)
+        unset = value is _UNSET or (value is None and isinstance(action, argparse._AppendAction)) or (
+            not action.option_strings and value == [])  # an empty positional list counts as not given
+        if not unset:
+            continue
+        raw = os.environ.get(env_name(action.dest))
+        if raw is not None and raw != "":
+            value = _from_text(action, raw)
+        elif action.dest in from_file:
+            value = _from_file(action, from_file[action.dest])
+        else:
+            value = action.default
+        setattr(given, action.dest, value)
+    for item in given.kafka_option or ():
+        name, sep, raw_value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--kafka-option {item!r}: expected KEY=VALUE")
+        client_options[name.strip()] = _scalar(raw_value.strip())
+    given.client_options = client_options
+    given.config = config_path
+    if given.print_config:
+        for action in actions:
+            value = getattr(given, action.dest)
+            print(f"{action.dest} = {_masked(action.dest, value)}")
+        for name, value in sorted(client_options.items()):
+            print(f"kafka.client.{name} = {_masked(name, value)}")
+        raise SystemExit(0)
+    return given
+
+
+def _read_file(path: Path, section: str, known: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    client: dict[str, Any] = {}
+    for table in ("kafka", section):
+        entries = document.get(table, {})
+        if not isinstance(entries, dict):
+            raise ConfigError(f"config: [{table}] in {path} must be a table")
+        for key, value in entries.items():
+            if table == "kafka" and key == "client":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config: [kafka.client] in {path} must be a table")
+                client.update(value)
+                continue
+            dest = key.replace("-", "_")
+            if dest == "create_topics":
+                dest, value = "no_create_topics", not value
+            if dest not in known:
+                raise ConfigError(f"config: unknown setting {table}.{key} in {path}")
+            values[dest] = value
+    unknown = set(document) - {"kafka", "frontend", "handlers"}
+    if unknown:
+        raise ConfigError(f"config: unknown table(s) {', '.join(sorted(unknown))} in {path}")
+    return values, client
+
+
+def _from_text(action: argparse.Action, raw: str) -> Any:
+    """An environment variable's text as the setting's value."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"):
+        separator = ":" if action.type is Path else ","
+        return [_typed(action, part) for part in raw.split(separator) if part]
+    return _typed(action, raw)
+
+
+def _from_file(action: argparse.Action, value: Any) -> Any:
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"):
+        items = value if isinstance(value, list) else [value]
+        return [_typed(action, str(item)) for item in items]
+    if isinstance(value, bool) or action.type is None:
+        return value if not isinstance(value, (int, float)) or isinstance(value, bool) else str(value)
+    return _typed(action, str(value))
+
+
+def _typed(action: argparse.Action, text: str) -> Any:
+    convert = action.type if callable(action.type) else str
+    try:
+        value = convert(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{action.dest}: {text!r} is not a valid value") from None
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{action.dest}: {text!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+def _scalar(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _masked(name: str, value: Any) -> str:
+    if value is not None and any(word in name.lower() for word in _SECRET_WORDS):
+        return "***"
+    return repr(value)
+
+
 def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Kafka")
-    group.add_argument("--bootstrap-servers", default=env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+    group.add_argument("--bootstrap-servers", default="127.0.0.1:9092",
                        help="comma-separated HOST:PORT list (env KAFKA_BOOTSTRAP_SERVERS; default %(default)s)")
-    group.add_argument("--client-id", default=env("KAFKA_CLIENT_ID", "kafka-rpc"),
+    group.add_argument("--client-id", default="kafka-rpc",
                        help="Kafka client id (default %(default)s)")
-    group.add_argument("--topic-partitions", type=int, default=int(env("KAFKA_RPC_TOPIC_PARTITIONS", "8")),
+    group.add_argument("--topic-partitions", type=int, default=8,
                        help="partitions of request topics created when missing (default %(default)s)")
-    group.add_argument("--topic-prefix", default=env("KAFKA_RPC_TOPIC_PREFIX", ""),
+    group.add_argument("--topic-prefix", default="",
                        help="prepended to every request topic name (env KAFKA_RPC_TOPIC_PREFIX)")
     group.add_argument("--no-create-topics", action="store_true",
                        help="fail, naming the topic, instead of creating missing topics")
     group.add_argument("--max-message-bytes", type=int, default=4 * MiB,
                        help="largest request or response message (default %(default)s)")
-    parser.add_argument("--log-level", default=env("KAFKA_RPC_LOG_LEVEL", "INFO"),
+    parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s")
 
 
 def add_metrics_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metrics-port", type=int, default=env("KAFKA_RPC_METRICS_PORT", "") or None, metavar="PORT",
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (env KAFKA_RPC_METRICS_PORT; "
                         "0 picks a free port; default: no endpoint)")
 
 
 def kafka_config(args: argparse.Namespace) -> KafkaConfig:
+    servers = args.bootstrap_servers
+    servers = servers if isinstance(servers, list) else servers.split(",")
     return KafkaConfig(
-        bootstrap_servers=tuple(s.strip() for s in args.bootstrap_servers.split(",") if s.strip()),
+        bootstrap_servers=tuple(s.strip() for s in servers if s.strip()),
         client_id=args.client_id,
         topic_partitions=args.topic_partitions,
         topic_prefix=args.topic_prefix,
         create_topics=not args.no_create_topics,
         max_message_bytes=args.max_message_bytes,
+        client_options=dict(getattr(args, "client_options", {}) or {}),
     )
 
 

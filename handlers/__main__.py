@@ -7,7 +7,16 @@ import asyncio
 import logging
 import sys
 
-from adapter.cli import add_kafka_arguments, add_metrics_argument, env, kafka_config, run, serve_metrics, setup_logging
+from adapter.cli import (
+    add_kafka_arguments,
+    add_metrics_argument,
+    kafka_config,
+    parse_settings,
+    run,
+    serve_metrics,
+    setup_logging,
+)
+from adapter.errors import KafkaRpcError
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -16,11 +25,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         description="Consume the request topics of the given services in a consumer group, run the "
         "handler functions and reply over Kafka. Start more processes to scale out.",
     )
-    parser.add_argument("targets", nargs="+", metavar="MODULE:ATTR",
+    parser.add_argument("targets", nargs="*", metavar="MODULE:ATTR",
                         help="a generated *Servicer subclass or instance, or a handlers.ServiceRegistry")
-    parser.add_argument("--group", default=env("KAFKA_RPC_GROUP", "kafka-rpc-handlers"),
+    parser.add_argument("--group", default="kafka-rpc-handlers",
                         help="consumer group shared by the processes serving these services (default %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=int(env("KAFKA_RPC_CONCURRENCY", "16")),
+    parser.add_argument("--concurrency", type=int, default=16,
                         help="handler functions running at once (default %(default)s)")
     parser.add_argument("--max-pending", type=int, default=None,
                         help="records held before fetching pauses (default 16 x concurrency)")
@@ -28,7 +37,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds to finish calls in progress at shutdown (default %(default)s)")
     parser.add_argument("--allow-reply-topic", action="append", metavar="PATTERN",
                         help="fnmatch pattern of topics replies may go to (repeatable; default *replies* and *reply*)")
-    parser.add_argument("--dead-letter-topic", default=env("KAFKA_RPC_DEAD_LETTER_TOPIC", "kafka-rpc.dead-letters"),
+    parser.add_argument("--dead-letter-topic", default="kafka-rpc.dead-letters",
                         help="where unanswerable requests go, with the reason in a header (default %(default)s)")
     parser.add_argument("--dedupe-window", type=float, default=300.0,
                         help="seconds a reply is kept for retries with the same idempotency key; 0 disables "
@@ -37,11 +46,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds after which a dead process's partitions move to the others (default %(default)s)")
     add_metrics_argument(parser)
     add_kafka_arguments(parser)
-    return parser.parse_args(argv)
+    args = parse_settings(parser, argv, "handlers")
+    if not args.targets:
+        parser.error("give at least one MODULE:ATTR (or targets in the config file's [handlers] table)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+    try:
+        args = parse(argv)
+    except KafkaRpcError as exc:
+        print(f"handlers: error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(args.log_level, "handlers")
 
     async def serve(stop: asyncio.Event) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,57 @@ def test_missing_topic_is_named_when_creation_is_off(module: str, kafka_bootstra
     out = cli(module, *target, "--bootstrap-servers", kafka_bootstrap, "--topic-prefix", prefix, "--no-create-topics")
     assert out.returncode == 2
     assert f"{prefix}rpctest.v1.Kitchen" in out.stderr and "topic creation is off" in out.stderr
+
+
+def _settings(module: str, *args: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", module, *args, "--print-config"], cwd=REPO,
+                         env=child_env(**(env or {})), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return dict(line.split(" = ", 1) for line in out.stdout.splitlines())
+
+
+def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "rpc.toml"
+    config.write_text(
+        '[kafka]\nbootstrap_servers = ["10.0.0.1:9092"]\ntopic-prefix = "file."\n'
+        '[kafka.client]\nsecurity_protocol = "SASL_SSL"\nsasl_plain_password = "hunter2"\n'
+        '[frontend]\nlisten = "0.0.0.0:6000"\nreply_topic = "file-replies"\ndefault_timeout = 12\n'
+        'proto_path = ["protos"]\n'
+    )
+    settings = _settings("adapter", "--config", str(config), "--listen", "127.0.0.1:7000",
+                         env={"KAFKA_RPC_REPLY_TOPIC": "env-replies"})
+    assert settings["listen"] == "'127.0.0.1:7000'"  # flag
+    assert settings["reply_topic"] == "'env-replies'"  # environment over file
+    assert settings["topic_prefix"] == "'file.'" and settings["default_timeout"] == "12.0"  # file
+    assert settings["bootstrap_servers"] == "['10.0.0.1:9092']"
+    assert settings["max_in_flight"] == "10000"  # default
+    assert settings["kafka.client.security_protocol"] == "'SASL_SSL'"
+    assert settings["kafka.client.sasl_plain_password"] == "***"  # secrets never printed
+
+
+def test_handler_targets_and_lists_from_file_and_environment(tmp_path: Path) -> None:
+    config = tmp_path / "rpc.toml"
+    config.write_text('[handlers]\ntargets = ["tests.kitchen_service:Kitchen"]\nconcurrency = 4\n')
+    settings = _settings("handlers", env={"KAFKA_RPC_CONFIG": str(config), "KAFKA_RPC_ALLOW_REPLY_TOPIC": "a*,b*"})
+    assert settings["targets"] == "['tests.kitchen_service:Kitchen']"
+    assert settings["concurrency"] == "4"
+    assert settings["allow_reply_topic"] == "['a*', 'b*']"
+
+
+@pytest.mark.parametrize(
+    ("content", "env", "message"),
+    [
+        ("[frontend]\nbogus = 1\n", {}, "unknown setting frontend.bogus"),
+        ("[frontend\n", {}, "is not valid TOML"),
+        ("", {"KAFKA_RPC_MAX_IN_FLIGHT": "many"}, "max_in_flight: 'many' is not a valid value"),
+        ("", {"KAFKA_RPC_LOG_LEVEL": "LOUD"}, "log_level: 'LOUD' is not one of"),
+    ],
+)
+def test_bad_configuration_is_one_line_naming_the_setting(tmp_path: Path, content: str, env: dict[str, str],
+                                                          message: str) -> None:
+    config = tmp_path / "rpc.toml"
+    config.write_text(content)
+    out = subprocess.run([sys.executable, "-m", "adapter", "--proto-path", "protos", "--config", str(config)],
+                         cwd=REPO, env=child_env(**env), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
