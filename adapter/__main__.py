@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except KafkaRpcError as exc:
         print(f"adapter: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level, "adapter")
+    setup_logging(args.log_level, "adapter", args.log_format)
 
     async def serve(stop: asyncio.Event) -> None:
         from adapter.config import FrontendConfig

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
+import time
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -185,6 +187,8 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fail, naming the topic, instead of creating missing topics")
     group.add_argument("--max-message-bytes", type=int, default=4 * MiB,
                        help="largest request or response message (default %(default)s)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text, or one JSON object per line (default %(default)s)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s")
 
@@ -209,8 +213,35 @@ def kafka_config(args: argparse.Namespace) -> KafkaConfig:
     )
 
 
-def setup_logging(level: str, name: str) -> None:
-    logging.basicConfig(level=level, format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s")
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers: time, level, process, logger, message."""
+
+    converter = staticmethod(time.gmtime)
+
+    def __init__(self, process_name: str) -> None:
+        super().__init__()
+        self._process_name = process_name
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "process": f"{self._process_name}[{record.process}]",
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str, name: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(name))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # kafka-python is chatty at INFO about every connection.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
     # ...and warns of missing partition metadata for every topic created a moment ago.

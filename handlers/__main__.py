@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except KafkaRpcError as exc:
         print(f"handlers: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level, "handlers")
+    setup_logging(args.log_level, "handlers", args.log_format)
 
     async def serve(stop: asyncio.Event) -> None:
         from adapter.config import WorkerConfig

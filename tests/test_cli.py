@@ -106,3 +106,17 @@ def test_bad_configuration_is_one_line_naming_the_setting(tmp_path: Path, conten
                          cwd=REPO, env=child_env(**env), capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.kafka
+def test_json_logs_are_one_object_per_line(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    import json
+
+    from tests import procs
+
+    front, _ = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix, "--log-format", "json")
+    front.stop()
+    entries = [json.loads(line) for line in front.output().splitlines() if line.startswith("{")]
+    assert any(e["message"].startswith("serving 3 services") for e in entries), front.output()
+    assert all({"time", "level", "process", "logger", "message"} <= set(e) for e in entries)
+    assert all(e["process"].startswith("adapter[") for e in entries)
