@@ -168,6 +168,11 @@ class WorkerConfig:
     dedupe_entries: int = 10_000
     #: Port of the Prometheus endpoint (/metrics); None: no endpoint.
     metrics_port: int | None = None
+    #: Commit replies and the offsets of the requests they answer in Kafka transactions.
+    exactly_once: bool = False
+    #: The transactional producer's id (exactly-once mode). Keep it stable per process slot, so
+    #: a restarted process aborts its predecessor's open transaction at once; None: a unique one.
+    transactional_id: str | None = None
 
     def __post_init__(self) -> None:
         if not self.group:
@@ -183,5 +188,7 @@ class WorkerConfig:
         if self.dedupe_window < 0 or self.dedupe_entries < 0:
             raise ConfigError("dedupe_window and dedupe_entries must not be negative")
         _port("metrics_port", self.metrics_port)
+        if self.transactional_id is not None and not (self.exactly_once and self.transactional_id.strip()):
+            raise ConfigError("transactional_id: needs exactly_once, and must not be blank")
         if not 6 <= self.session_timeout <= 1800:
             raise ConfigError(f"session_timeout must be within the broker's limits, 6 to 1800 s; got {self.session_timeout}")

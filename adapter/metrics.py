@@ -152,6 +152,17 @@ class HandlerMetrics(_Calls):
             "Request records not yet fetched, per assigned partition (end offset minus position), sampled every few seconds",
             ["topic", "partition"], registry=registry,
         )
+        self.transactions = Counter(
+            "kafka_rpc_handler_transactions_total",
+            "Kafka transactions of the exactly-once mode, by outcome (committed, aborted: their calls run again)",
+            ["outcome"], registry=registry,
+        )
+        self.transaction_seconds = Histogram(
+            "kafka_rpc_handler_transaction_commit_seconds",
+            "Time to commit one transaction (offsets and commit), in seconds; replies wait for it",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
         for reason in ("malformed", "reply_topic"):
             self.records_rejected.labels(reason)
         self._lagging: set[tuple[str, int]] = set()

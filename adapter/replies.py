@@ -57,6 +57,9 @@ class ReplyListener(ConsumerRebalanceListener):
             auto_offset_reset="latest",
             partition_assignment_strategy=[CooperativeStickyAssignor],
             fetch_max_wait_ms=100,
+            # Replies of a handler in exactly-once mode count only once their transaction commits;
+            # without transactions this reads exactly what read_uncommitted would.
+            isolation_level="read_committed",
             # A rebalance blocks every frontend's replies: notice a dead peer fast.
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,

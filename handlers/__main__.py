@@ -44,6 +44,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default %(default)s)")
     parser.add_argument("--session-timeout", type=float, default=10.0,
                         help="seconds after which a dead process's partitions move to the others (default %(default)s)")
+    parser.add_argument("--exactly-once", action="store_true",
+                        help="commit each reply and its request's offset in one Kafka transaction "
+                        "(see docs/reliability.md; replies then wait for the commit)")
+    parser.add_argument("--transactional-id", default=None,
+                        help="transactional id of this process in --exactly-once mode; stable per process slot "
+                        "(e.g. the pod name) lets a restart abort its predecessor's transaction at once "
+                        "(default: GROUP-HOST-PID)")
     add_metrics_argument(parser)
     add_kafka_arguments(parser)
     args = parse_settings(parser, argv, "handlers")
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         from handlers.registry import collect, load_target
         from handlers.worker import Worker
 
+
         config = WorkerConfig(
             kafka=kafka_config(args),
             group=args.group,
@@ -78,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             dead_letter_topic=args.dead_letter_topic,
             dedupe_window=args.dedupe_window,
             metrics_port=args.metrics_port,
+            exactly_once=args.exactly_once,
+            transactional_id=args.transactional_id,
         )
         methods, services = collect(load_target(t) for t in args.targets)
         registry = new_registry()

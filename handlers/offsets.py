@@ -10,9 +10,14 @@
 
 from __future__ import annotations
 
+import base64
+import zlib
 from collections import deque
 
 Partition = tuple[str, int]
+
+#: Marks commit metadata written by `encode_done` (the exactly-once mode).
+DONE_PREFIX = "rpc-done1:"
 
 
 class OffsetTracker:
@@ -23,6 +28,7 @@ class OffsetTracker:
         self._done: dict[Partition, set[int]] = {}
         self._next: dict[Partition, int] = {}
         self._committed: dict[Partition, int] = {}
+        self._skip: dict[Partition, set[int]] = {}
 
     def add(self, topic: str, partition: int, offset: int) -> None:
         tp = (topic, partition)
@@ -31,8 +37,8 @@ class OffsetTracker:
 
     def done(self, topic: str, partition: int, offset: int) -> None:
         tp = (topic, partition)
-        if tp not in self._open:
-            return  # the partition was revoked meanwhile
+        if tp not in self._open or offset < self._next.get(tp, -1):
+            return  # the partition was revoked meanwhile, or the record was done before
         self._done[tp].add(offset)
         queue, finished = self._open[tp], self._done[tp]
         while queue and queue[0] in finished:
@@ -50,13 +56,64 @@ class OffsetTracker:
     def committed(self, offsets: dict[Partition, int]) -> None:
         self._committed.update(offsets)
 
-    def forget(self, partitions: set[Partition]) -> None:
-        """Stop tracking revoked partitions: their records belong to another process now."""
-        for tp in partitions:
-            for table in (self._open, self._done, self._next, self._committed):
+    def positions(self, partitions: set[Partition] | None = None) -> dict[Partition, tuple[int, set[int]]]:
+        """For the exactly-once mode: each partition's first record not done, and the records after it that are.
+
+        Committing both (the set in the commit's metadata, `encode_done`) lets a slow call hold
+        back nothing but itself: the records done after it are not run again by the next owner."""
+        result = {}
+        for tp, queue in self._open.items():
+            if partitions is not None and tp not in partitions:
+                continue
+            if queue:
+                result[tp] = (queue[0], set(self._done[tp]))
+            elif tp in self._next:
+                result[tp] = (self._next[tp], set())
+        return result
+
+    def skip(self, topic: str, partition: int, offsets: set[int]) -> None:
+        """Records another owner replied to (from its commit metadata): `add` marks them done at once."""
+        if offsets:
+            self._skip.setdefault((topic, partition), set()).update(offsets)
+
+    def skipped(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether the record at `offset` was replied to by an earlier owner (and is now done)."""
+        skip = self._skip.get((topic, partition))
+        if not skip or offset not in skip:
+            return False
+        skip.discard(offset)
+        self.done(topic, partition, offset)
+        return True
+
+    def forget(self, partitions: set[Partition] | None = None) -> None:
+        """Stop tracking revoked partitions (all, if None): their records belong to another process now."""
+        for tp in list(self._open) + list(self._skip) if partitions is None else partitions:
+            for table in (self._open, self._done, self._next, self._committed, self._skip):
                 table.pop(tp, None)
 
     @property
     def pending(self) -> int:
         """Records not yet done (those done but waiting behind an earlier one do not count)."""
         return sum(len(q) - len(self._done[tp]) for tp, q in self._open.items())
+
+
+def encode_done(position: int, done: set[int]) -> str:
+    """Commit metadata naming the records after `position` that are done (a compressed bitmap)."""
+    if not done:
+        return ""
+    bits = bytearray((max(done) - position) // 8 + 1)
+    for offset in done:
+        index = offset - position - 1
+        bits[index // 8] |= 1 << (index % 8)
+    return DONE_PREFIX + base64.b64encode(zlib.compress(bytes(bits))).decode()
+
+
+def decode_done(position: int, metadata: str | None) -> set[int]:
+    """The offsets `encode_done` put in `metadata`; an empty set for any other metadata."""
+    if not metadata or not metadata.startswith(DONE_PREFIX):
+        return set()
+    try:
+        bits = zlib.decompress(base64.b64decode(metadata[len(DONE_PREFIX):], validate=True))
+    except (ValueError, zlib.error):
+        return set()  # not ours after all: replaying those records is the safe side
+    return {position + 1 + i * 8 + b for i, byte in enumerate(bits) for b in range(8) if byte >> b & 1}

@@ -5,7 +5,8 @@
 
 Delivery is at least once: a record's offset is committed only after its reply has
 been produced and every earlier record of its partition has been replied to
-(`handlers.offsets`). The consumer lives on one thread of its own (kafka-python's
+(`handlers.offsets`). With `exactly_once`, replies and offsets are committed together in
+Kafka transactions instead (`handlers.transactions`). The consumer lives on one thread of its own (kafka-python's
 consumer is not thread-safe); handlers run on the event loop or a thread pool.
 """
 
@@ -33,8 +34,9 @@ from adapter.routing import Route
 from handlers.calls import Calls
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
-from handlers.offsets import OffsetTracker, Partition
+from handlers.offsets import OffsetTracker, Partition, decode_done
 from handlers.registry import Method
+from handlers.transactions import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,10 @@ REVOKE_GRACE = 5.0
 COMMIT_INTERVAL = 0.2
 #: Seconds between samples of the consumer lag, for the metrics.
 LAG_INTERVAL = 2.0
+#: How long one fetch waits for records; short in the exactly-once mode, where replies become
+#: visible only when the loop gets round to committing them.
+POLL_MS = 100
+POLL_MS_EXACTLY_ONCE = 10
 
 
 class Worker(ConsumerRebalanceListener):
@@ -69,6 +75,11 @@ class Worker(ConsumerRebalanceListener):
         self.dead_lettered = 0
         self._windows: dict[bytes, list[asyncio.Future[None]]] = {}
         self.tracker = OffsetTracker()
+        self.txn: Transactions | None = None
+        #: Where each running call's opening record is, to mark it done when its reply is sent.
+        self._origins: dict[bytes, tuple[str, int, int]] = {}
+        #: Partitions whose commit metadata was read (exactly-once mode), on the consumer thread.
+        self._loaded: set[TopicPartition] = set()
         self.replied = 0
         self.malformed = 0
         self._tasks: set[asyncio.Future[None]] = set()
@@ -86,16 +97,22 @@ class Worker(ConsumerRebalanceListener):
         kafka = self.config.kafka
         topics = {t: kafka.topic_partitions for t in [*self.topics, self.config.dead_letter_topic]}
         await asyncio.to_thread(ensure_topics, kafka, topics)
-        # send() runs on the event loop: a reply topic without metadata must not stall it long.
-        self._producer = await asyncio.to_thread(make_producer, kafka, max_block_ms=5000)
         self._consumer = await self._on_kafka_thread(
             make_consumer, kafka, group_id=self.config.group, auto_offset_reset="earliest",
             max_poll_records=self.config.max_pending,
+            isolation_level="read_committed" if self.config.exactly_once else "read_uncommitted",
             # The range assignor spreads every topic's partitions evenly over the processes;
             # (cooperative-)sticky balances only the total, which can leave a busy topic on one.
             session_timeout_ms=int(self.config.session_timeout * 1000),
             heartbeat_interval_ms=int(self.config.session_timeout * 1000 / 3),
         )
+        if self.config.exactly_once:
+            self.txn = Transactions(self.config, self._consumer.group_metadata, self.tracker, self.metrics)
+            await self.txn.start()
+            self._producer = self.txn.producer
+        else:
+            # send() runs on the event loop: a reply topic without metadata must not stall it long.
+            self._producer = await asyncio.to_thread(make_producer, kafka, max_block_ms=5000)
         await self._on_kafka_thread(self._consumer.subscribe, self.topics, listener=self)
         # Fetch the topics' metadata after subscribing and before the first poll: kafka-python
         # notes it for the subscription only then, and a group joined without it is joined
@@ -114,12 +131,19 @@ class Worker(ConsumerRebalanceListener):
                     log.warning("fetching requests failed, retrying in 1s: %s: %s", type(exc).__name__, exc)
                     await asyncio.sleep(1.0)
                     continue
+                batches, done_before = batches
+                for tp, offsets in done_before.items():
+                    self.tracker.skip(tp.topic, tp.partition, offsets)
                 for tp, records in batches.items():
                     for record in records:
                         self.tracker.add(tp.topic, tp.partition, record.offset)
-                        self._accept(record)
+                        if not self.tracker.skipped(tp.topic, tp.partition, record.offset):
+                            self._accept(record)
                 await self._flow_control()
-                if time.monotonic() >= self._commit_due:
+                if self.txn is not None:
+                    if not await self.txn.commit():
+                        await self._rewind()
+                elif time.monotonic() >= self._commit_due:
                     # Committing after every poll costs the handler and the broker CPU for
                     # nothing: a few hundred milliseconds late changes only what a crash redoes.
                     self._commit_due = time.monotonic() + COMMIT_INTERVAL
@@ -147,6 +171,8 @@ class Worker(ConsumerRebalanceListener):
         if task is None:
             self.tracker.done(record.topic, record.partition, record.offset)
             return
+        if isinstance(decoded, wire.Request):
+            self._origins[decoded.correlation_id] = (record.topic, record.partition, record.offset)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(t, record, where))
 
@@ -163,6 +189,11 @@ class Worker(ConsumerRebalanceListener):
         `kind` is the reason's label in the metrics: ``malformed`` or ``reply_topic``."""
         log.warning("rejected %s: %s", where, reason)
         self.metrics.records_rejected.labels(kind).inc()
+        task = asyncio.ensure_future(self._answer_rejected(record, where, reason))
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(t, record, where, counted=False))
+
+    async def _answer_rejected(self, record: Any, where: str, reason: str) -> None:
         headers = record.headers or []
         cid = wire.correlation_id_of(headers)
         reply_to = [bytes(v or b"") for n, v in headers if n == wire.REPLY_TOPIC]
@@ -170,23 +201,29 @@ class Worker(ConsumerRebalanceListener):
         try:
             if cid and reply_topic and self._reply_allowed(reply_topic):
                 reply = wire.Reply(cid, code=grpc.StatusCode.INVALID_ARGUMENT, message=reason)
-                future = self._producer.send(reply_topic, value=b"", key=record.key, headers=reply.encode_headers())
+                future = await self._produce(reply_topic, b"", record.key, reply.encode_headers())
             else:
                 self.dead_lettered += 1
                 self.metrics.records_dead_lettered.inc()
-                future = self._producer.send(self.config.dead_letter_topic, value=record.value, key=record.key,
-                                             headers=wire.dead_letter_headers(headers, reason, where))
+                future = await self._produce(self.config.dead_letter_topic, record.value, record.key,
+                                             wire.dead_letter_headers(headers, reason, where))
         except Exception as exc:  # a record that even the producer refuses must not stop the partition
             log.error("could not reject %s (%s): %s; skipped", where, reason, exc)
             self.metrics.reply_errors.inc()
-            self.tracker.done(record.topic, record.partition, record.offset)
             return
-        task = asyncio.ensure_future(self._acked(future))
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, record, where, counted=False))
+        await self._acked(future)
+
+    async def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
+                       partition: int | None = None) -> Any:
+        """Hand a record to the producer (into the open transaction in the exactly-once mode)."""
+        if self.txn is not None:
+            return await self.txn.send(topic, value, key, headers, partition)
+        return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
 
     def _finished(self, task: asyncio.Future[None], record: Any, where: str, counted: bool = True) -> None:
         self._tasks.discard(task)
+        headers = record.headers or []
+        self._origins.pop(wire.correlation_id_of(headers) or b"", None)
         # The offset of a call's opening record is done only once its final reply is sent.
         self.tracker.done(record.topic, record.partition, record.offset)
         if not task.cancelled() and task.exception() is not None:
@@ -198,10 +235,14 @@ class Worker(ConsumerRebalanceListener):
     async def _send(self, request: wire.Request, record: wire.Reply | wire.Frame, key: bytes | None) -> None:
         """Produce one reply record; stream messages are pipelined, a final reply waits for all."""
         assert self._loop is not None and request.reply_topic is not None
-        future = self._producer.send(
-            request.reply_topic, value=record.payload, key=key, headers=record.encode_headers(),
-            partition=request.reply_partition,
-        )
+        future = await self._produce(request.reply_topic, record.payload, key, record.encode_headers(),
+                                     request.reply_partition)
+        if self.txn is not None and isinstance(record, wire.Reply):
+            # In the same step as the send: the commit that makes this reply visible also
+            # commits its request's offset.
+            origin = self._origins.pop(request.correlation_id, None)
+            if origin is not None:
+                self.tracker.done(*origin)
         acked = self._acked(future)
         window = self._windows.setdefault(request.correlation_id, [])
         window.append(acked)
@@ -231,16 +272,26 @@ class Worker(ConsumerRebalanceListener):
         future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
         return done
 
-    def _poll(self) -> Any:
-        """On the consumer thread: one fetch, and every LAG_INTERVAL a sample of the lag."""
-        batches = self._consumer.poll(timeout_ms=100)
+    def _poll(self) -> tuple[Any, dict[TopicPartition, set[int]]]:
+        """On the consumer thread: one fetch, and every LAG_INTERVAL a sample of the lag.
+
+        In the exactly-once mode, also the records of newly fetched partitions that their
+        previous owner replied to (from its commit metadata)."""
+        batches = self._consumer.poll(timeout_ms=POLL_MS_EXACTLY_ONCE if self.config.exactly_once else POLL_MS)
         now = time.monotonic()
         if now >= self._lag_due:
             self._lag_due = now + LAG_INTERVAL
             lags = self._lag()
             if lags is not None:
                 self.metrics.set_lag(lags)
-        return batches
+        done_before: dict[TopicPartition, set[int]] = {}
+        if self.config.exactly_once:
+            for tp in batches.keys() - self._loaded:
+                committed = self._consumer.committed(tp, metadata=True)
+                if committed is not None:
+                    done_before[tp] = decode_done(committed.offset, committed.metadata)
+                self._loaded.add(tp)
+        return batches, done_before
 
     def _lag(self) -> dict[Partition, int] | None:
         # Every fetch response carries the partition's end offset (highwater), so this asks
@@ -288,16 +339,46 @@ class Worker(ConsumerRebalanceListener):
         if isinstance(result, Exception):
             log.warning("commit failed (the records will be redelivered): %s", result)
 
+    async def _rewind(self) -> None:
+        """After an aborted transaction: stop every call and fetch again from the committed offsets.
+
+        The aborted transaction took replies with it whose records count as done here; running
+        those again needs a position before them, and calls still running would then be
+        started twice, so everything starts again from what Kafka committed."""
+        for correlation_id in list(self._origins):
+            self.calls.cancel(correlation_id, "its transaction was aborted; it runs again", grpc.StatusCode.ABORTED)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.tracker.forget()
+        self._origins.clear()
+        self._windows.clear()
+        if self.txn is not None:
+            self.txn.forget({(tp.topic, tp.partition) for tp in self._loaded})
+        await self._on_kafka_thread(self._seek_committed)
+
+    def _seek_committed(self) -> None:
+        for tp in self._consumer.assignment():
+            committed = self._consumer.committed(tp)
+            if committed is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+        self._loaded.clear()
+
     async def _drain(self) -> None:
         if self._tasks:
             log.info("finishing %d calls in progress", len(self._tasks))
             await asyncio.wait(self._tasks, timeout=self.config.drain_timeout)
-        if self._producer is not None:
+        if self.txn is not None:
+            await self.txn.close()
+        elif self._producer is not None:
             await asyncio.to_thread(self._producer.flush, 10)
         if self._consumer is not None:
-            await self._commit(sync=True)
+            if self.txn is None:
+                await self._commit(sync=True)
             await self._on_kafka_thread(self._consumer.close, autocommit=False)
-        if self._producer is not None:
+        if self._producer is not None and self.txn is None:
             await asyncio.to_thread(self._producer.close, 5)
         self.dispatcher.close()
         self._kafka_thread.shutdown(wait=False)
@@ -313,6 +394,11 @@ class Worker(ConsumerRebalanceListener):
             return
         assert self._loop is not None
         parts = {(tp.topic, tp.partition) for tp in revoked}
+        self._loaded -= set(revoked)
+        if self.txn is not None:
+            asyncio.run_coroutine_threadsafe(self._revoke_transactional(parts), self._loop).result()
+            log.info("partitions revoked: %s", ", ".join(f"{t}/{p}" for t, p in sorted(parts)))
+            return
         offsets = asyncio.run_coroutine_threadsafe(self._take_committable(parts), self._loop).result()
         if offsets:
             # kafka-python 3 calls this on its I/O thread, where a blocking commit is refused;
@@ -327,6 +413,20 @@ class Worker(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
             log.info("partitions assigned: %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(assigned)))
+
+    async def _revoke_transactional(self, parts: set[Partition]) -> None:
+        assert self.txn is not None
+        await self.calls.abort(parts, grpc.StatusCode.ABORTED, "the call's partition moved to another handler process")
+        await self.calls.finish(parts, REVOKE_GRACE)
+        await asyncio.sleep(0)
+        if not await self.txn.commit():
+            # Nothing of these partitions was committed: the next owner runs them again, so
+            # calls still running here must not reply as well.
+            for correlation_id, (topic, partition, _) in list(self._origins.items()):
+                if (topic, partition) in parts:
+                    self.calls.cancel(correlation_id, "its transaction was aborted", grpc.StatusCode.ABORTED)
+        self.tracker.forget(parts)
+        self.txn.forget(parts)
 
     async def _take_committable(self, parts: set[Partition]) -> dict[Partition, int]:
         # Streams still open on these partitions end here, so the new owner starts after them

@@ -1,0 +1,173 @@
+"""The exactly-once mode: replies and the offsets of the requests they answer, in one Kafka transaction.
+
+    txn = Transactions(config, consumer.group_metadata, tracker, metrics)
+    await txn.start()
+    future = await txn.send(topic, value=..., headers=...)   # into the open transaction
+    tracker.done(topic, partition, offset)                    # in the same step as the send
+    if not await txn.commit():                                # aborted: the caller rewinds
+        ...
+
+A request's record is marked done in the step that hands its final reply to the producer, and
+sends wait while a commit runs, so each commit covers exactly the replies it makes visible.
+Offsets are committed as each partition's first record not yet done, with the records after it
+that are done listed in the commit's metadata (`handlers.offsets.encode_done`): one slow call
+holds back nothing but itself, and the next owner of the partition skips what was answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from adapter.config import WorkerConfig
+from adapter.kafka import make_producer
+from adapter.metrics import HandlerMetrics
+from handlers.offsets import OffsetTracker, Partition, encode_done
+
+log = logging.getLogger(__name__)
+
+#: Longest commit metadata we write: brokers refuse more than offset.metadata.max.bytes (4096 by default).
+MAX_METADATA = 4000
+
+
+class Transactions:
+    """A transactional producer that always has a transaction open, committed on request."""
+
+    def __init__(self, config: WorkerConfig, group_metadata: Callable[[], Any], tracker: OffsetTracker,
+                 metrics: HandlerMetrics) -> None:
+        self.config = config
+        self.transactional_id = config.transactional_id or f"{config.group}-{socket.gethostname()}-{os.getpid()}"
+        self._group_metadata = group_metadata
+        self._tracker = tracker
+        self._metrics = metrics
+        self._producer: Any = None
+        self._open = asyncio.Event()  # set while sends may go into the open transaction
+        self._lock = asyncio.Lock()
+        self._dirty = False  # something was sent since the last commit
+        self._committed: dict[Partition, tuple[int, str]] = {}
+        self._closed = False
+        # One thread: the producer's transactional calls block, and must never run at once.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transactions")
+
+    @property
+    def producer(self) -> Any:
+        return self._producer
+
+    async def start(self) -> None:
+        """Create the producer, fence an earlier process with the same id, open a transaction."""
+        self._producer = await self._blocking(self._new_producer)
+        self._open.set()
+        log.info("exactly-once mode: transactional id %s", self.transactional_id)
+
+    def _new_producer(self) -> Any:
+        # A dead process's open transaction hides every later record of its reply partitions from
+        # read_committed readers until it times out: keep that short, like the session timeout.
+        timeout = int(max(self.config.session_timeout, 10.0) * 1000)
+        producer = make_producer(self.config.kafka, max_block_ms=5000, transactional_id=self.transactional_id,
+                                 transaction_timeout_ms=timeout)
+        try:
+            producer.init_transactions()
+            producer.begin_transaction()
+        except BaseException:
+            producer.close(timeout=0)
+            raise
+        return producer
+
+    async def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
+                   partition: int | None = None) -> Any:
+        """Produce a record in the open transaction (waiting while a commit runs); kafka-python's future."""
+        await self._open.wait()
+        self._dirty = True
+        return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+
+    async def commit(self) -> bool:
+        """Commit what was sent and the offsets done so far, then open the next transaction.
+
+        False when the transaction had to be aborted: its replies are gone and the offsets were
+        not committed, so the caller must run the uncommitted records again (`Worker._rewind`)."""
+        async with self._lock:
+            if self._closed:
+                return True
+            changed: dict[Partition, tuple[int, str]] = {}
+            for tp, (position, done) in self._tracker.positions().items():
+                entry = (position, encode_done(position, done))
+                if self._committed.get(tp) != entry:
+                    changed[tp] = entry
+            if not self._dirty and not changed:
+                return True
+            if any(len(meta) > MAX_METADATA for _, meta in changed.values()):
+                # Too many records done behind a slow one to name them all: wait for it.
+                log.warning("a slow call holds back %d records; the transaction stays open until it ends",
+                            sum(len(d) for _, d in self._tracker.positions().values()))
+                return True
+            self._open.clear()
+            started = time.perf_counter()
+            try:
+                await self._blocking(self._commit, changed)
+            except Exception as exc:
+                log.warning("transaction aborted, its calls will run again: %s: %s", type(exc).__name__, exc)
+                self._metrics.transactions.labels("aborted").inc()
+                await self._abort()
+                self._committed.clear()
+                return False
+            else:
+                self._committed.update(changed)
+                self._metrics.transactions.labels("committed").inc()
+                self._metrics.transaction_seconds.observe(time.perf_counter() - started)
+                return True
+            finally:
+                self._dirty = False
+                self._open.set()
+
+    def _commit(self, changed: dict[Partition, tuple[int, str]]) -> None:
+        if changed:
+            offsets = {TopicPartition(t, p): OffsetAndMetadata(position, meta, -1)
+                       for (t, p), (position, meta) in changed.items()}
+            self._producer.send_offsets_to_transaction(offsets, self._group_metadata())
+        self._producer.commit_transaction()
+        self._producer.begin_transaction()
+
+    async def _abort(self) -> None:
+        try:
+            await self._blocking(self._abort_and_begin)
+        except Exception as exc:
+            # Fenced by a newer process with our id, or the producer is broken: start afresh.
+            log.warning("transactional producer replaced after %s: %s", type(exc).__name__, exc)
+            old, self._producer = self._producer, None
+            await self._blocking(old.close, 0)
+            while self._producer is None:
+                try:
+                    self._producer = await self._blocking(self._new_producer)
+                except Exception as retry:
+                    log.warning("cannot start a transactional producer yet, retrying in 1s: %s", retry)
+                    await asyncio.sleep(1.0)
+
+    def _abort_and_begin(self) -> None:
+        self._producer.abort_transaction()
+        self._producer.begin_transaction()
+
+    def forget(self, partitions: set[Partition]) -> None:
+        """Partitions now owned elsewhere: what we committed for them says nothing any more."""
+        for tp in partitions:
+            self._committed.pop(tp, None)
+
+    async def close(self) -> None:
+        """Commit what is left, then close the producer."""
+        if self._producer is None:
+            return
+        await self.commit()
+        self._closed = True
+        await self._blocking(self._producer.close, 5)
+        self._thread.shutdown(wait=False)
+
+    async def _blocking(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
