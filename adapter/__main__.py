@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         from adapter.gateway import Gateway
         from adapter.metrics import FrontendMetrics, new_registry
         from adapter.protoset import ProtoSet
+        from adapter.tracing import configure as configure_tracing
+
+        configure_tracing("kafka-rpc-adapter", os.environ)  # spans only when the standard OTEL_* variables ask
 
         config = FrontendConfig(
             kafka=kafka_config(args),

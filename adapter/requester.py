@@ -22,6 +22,7 @@ from adapter import wire
 from adapter.errors import CallError, CallTimeout, TransportError
 from adapter.metrics import FrontendMetrics
 from adapter.stream import Stream
+from adapter.tracing import CallSpan, Tracing, code_when_cancelled
 from adapter.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class _Pending:
 class Requester:
     """Sends calls through a `Transport` and matches replies to waiting callers."""
 
-    def __init__(self, transport: Transport, default_timeout: float = 30.0, metrics: FrontendMetrics | None = None) -> None:
+    def __init__(self, transport: Transport, default_timeout: float = 30.0, metrics: FrontendMetrics | None = None,
+                 tracing: Tracing | None = None) -> None:
         self._transport = transport
         self._default_timeout = default_timeout
         self._pending: dict[bytes, _Pending | Stream] = {}
@@ -60,6 +62,7 @@ class Requester:
         self.counters = Counters()
         self.metrics = metrics if metrics is not None else FrontendMetrics()
         self.metrics.watch(in_flight=lambda: len(self._pending), streams_open=self._streams_open)
+        self.tracing = tracing if tracing is not None else Tracing()
 
     async def start(self, timeout: float = 60.0) -> None:
         """Connect the transport and wait until this instance owns a reply partition."""
@@ -107,10 +110,25 @@ class Requester:
         Without a `key`, the idempotency key (so that retries meet on one partition) or the
         correlation id is the record key; a later cancel record goes to the same partition.
         """
-        request, partition = self._request(method, payload, metadata, timeout, opens_stream=False)
+        span = self.tracing.call(method, topic, metadata)
+        try:
+            reply = await self._call(method, payload, topic, key, span, timeout, idempotency_key)
+        except CallError as exc:
+            span.end(exc.code, exc.details)
+            raise
+        except BaseException:
+            span.end(grpc.StatusCode.CANCELLED)  # unless _call said DEADLINE_EXCEEDED
+            raise
+        span.end(reply.code, reply.message)
+        return reply
+
+    async def _call(self, method: str, payload: bytes, topic: str, key: bytes | None, span: CallSpan,
+                    timeout: float | None, idempotency_key: bytes | None) -> wire.Reply:
+        request, partition = self._request(method, payload, span.metadata, timeout, opens_stream=False)
         if idempotency_key is not None:
             request = dataclasses.replace(request, idempotency_key=idempotency_key)
         cid = request.correlation_id
+        span.set_correlation_id(cid)
         key = key if key is not None else idempotency_key if idempotency_key is not None else cid
         future = asyncio.get_running_loop().create_future()
         # The waiter exists before the record does, so even an instant reply finds it.
@@ -125,6 +143,7 @@ class Requester:
             raise CallTimeout(f"no reply from topic {topic!r} within the deadline") from None
         except asyncio.CancelledError:
             self._cancel(topic, key, cid)
+            span.end(code_when_cancelled(request.time_remaining()))
             raise
         except TransportError as exc:
             raise CallError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
@@ -143,15 +162,23 @@ class Requester:
     ) -> Stream:
         """Start a streaming call. `request` is the single request message of a server stream;
         None opens a client or bidi stream, whose messages go through `Stream.send`."""
-        opening, partition = self._request(method, request or b"", metadata, timeout, opens_stream=request is None)
+        span = self.tracing.call(method, topic, metadata)  # the stream ends it
+        try:
+            opening, partition = self._request(method, request or b"", span.metadata, timeout, opens_stream=request is None)
+        except CallError as exc:
+            span.end(exc.code, exc.details)
+            raise
         cid = opening.correlation_id
-        stream = Stream(self, opening, topic, cid if key is None else key, partition, self.max_stream_buffer)
+        span.set_correlation_id(cid)
+        stream = Stream(self, opening, topic, cid if key is None else key, partition, self.max_stream_buffer, span)
         self._pending[cid] = stream
         try:
             self._transport.send(topic, stream.key, opening.payload, opening.encode_headers(), self._failer(cid))
         except TransportError as exc:
             self._pending.pop(cid, None)
-            raise CallError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+            error = CallError(grpc.StatusCode.UNAVAILABLE, str(exc))
+            span.end(error.code, error.details)
+            raise error from exc
         self.counters.sent += 1
         return stream
 

@@ -22,6 +22,7 @@ import grpc
 
 from adapter import wire
 from adapter.errors import CallError, CallTimeout
+from adapter.tracing import CallSpan, code_when_cancelled
 
 if TYPE_CHECKING:
     from adapter.requester import Requester
@@ -34,7 +35,7 @@ class Stream:
     """A streaming call: send request messages, iterate response messages."""
 
     def __init__(self, requester: Requester, request: wire.Request, topic: str, key: bytes, partition: int,
-                 max_buffered: int) -> None:
+                 max_buffered: int, span: CallSpan | None = None) -> None:
         self.request = request
         self.topic = topic
         self.key = key
@@ -49,6 +50,8 @@ class Stream:
         self._window = asyncio.Semaphore(SEND_WINDOW)
         self._error: BaseException | None = None
         self.done = False
+        #: Ended with the call's outcome: its final record, its failure, or its cancel.
+        self._span = span or CallSpan()
 
     @property
     def correlation_id(self) -> bytes:
@@ -76,6 +79,7 @@ class Stream:
         """Give up: the handler is told to stop, nothing more is delivered here."""
         if not self.done:
             self.done = True
+            self._span.end(code_when_cancelled(self.time_remaining()))
             try:
                 self._requester.send_frame(self, wire.Frame(self.correlation_id, wire.CANCEL))
             finally:
@@ -118,6 +122,7 @@ class Stream:
             return
         if isinstance(record, wire.Reply):
             self.done = True
+            self._span.end(record.code, record.message)
             self._queue.put_nowait(record)
             return
         if record.seq != self._next_seq:
@@ -137,4 +142,8 @@ class Stream:
     def fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
+            if isinstance(exc, CallError):
+                self._span.end(exc.code, exc.details)
+            else:
+                self._span.end(grpc.StatusCode.UNKNOWN, str(exc))
             self._queue.put_nowait(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from adapter.cli import (
@@ -71,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         from adapter.config import WorkerConfig
         from adapter.metrics import HandlerMetrics, new_registry
         from adapter.routing import routes_for
+        from adapter.tracing import configure as configure_tracing
         from handlers.registry import collect, load_target
         from handlers.worker import Worker
 
+        configure_tracing("kafka-rpc-handlers", os.environ)  # spans only when the standard OTEL_* variables ask
 
         config = WorkerConfig(
             kafka=kafka_config(args),

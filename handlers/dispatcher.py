@@ -10,6 +10,7 @@ raw messages, see `handlers.calls`) and hand each response message to `emit`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -21,6 +22,7 @@ import grpc
 
 from adapter import wire
 from adapter.metrics import UNKNOWN_METHOD, HandlerMetrics
+from adapter.tracing import CallSpan, Tracing
 from handlers.context import HandlerContext
 from handlers.registry import Method
 
@@ -33,7 +35,8 @@ _DONE = object()
 class Dispatcher:
     """Runs handler functions, at most `concurrency` at once."""
 
-    def __init__(self, methods: dict[str, Method], concurrency: int = 16, metrics: HandlerMetrics | None = None) -> None:
+    def __init__(self, methods: dict[str, Method], concurrency: int = 16, metrics: HandlerMetrics | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.methods = methods
         self._slots = asyncio.Semaphore(concurrency)
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
@@ -45,6 +48,7 @@ class Dispatcher:
         self.metrics.concurrency_in_use.set_function(lambda: self.running)
         for path in methods:
             self.metrics.method(path)  # their series exist before the first call
+        self.tracing = tracing if tracing is not None else Tracing()
 
     async def handle(
         self,
@@ -56,6 +60,23 @@ class Dispatcher:
         context: HandlerContext | None = None,
     ) -> wire.Reply | None:
         """The final reply to `request`, or None when its deadline passed before it could start."""
+        context = context or HandlerContext(request, peer)
+        with self.tracing.handling(request, peer) as span:  # current while the handler runs
+            try:
+                reply = await self._handle(request, context, requests, emit, span)
+            except BaseException:
+                span.end(context.code() or grpc.StatusCode.CANCELLED)  # cancelled, or the process stops
+                raise
+            if context.cancelled:  # as in the metrics: why `Calls.cancel` stopped it
+                span.end(context.code() or grpc.StatusCode.CANCELLED)
+            elif reply is None:
+                span.end(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the call could start")
+            else:
+                span.end(reply.code, reply.message)
+        return reply
+
+    async def _handle(self, request: wire.Request, context: HandlerContext, requests: AsyncIterator[bytes] | None,
+                      emit: Emit | None, span: CallSpan) -> wire.Reply | None:
         method = self.methods.get(request.method)
         if method is None:
             missing = request.method or "(no rpc-method header, and the topic carries several methods)"
@@ -63,7 +84,6 @@ class Dispatcher:
         if method.client_streaming != request.opens_stream or (method.server_streaming and emit is None):
             return self._refuse(request, grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{request.method} is {_kind(method)}, the record does not open such a call")
-        context = context or HandlerContext(request, peer)
         if method.client_streaming:
             argument: Any = _decoded(requests or _empty(), method, context)
         else:
@@ -83,7 +103,7 @@ class Dispatcher:
             started = time.perf_counter()
             code = grpc.StatusCode.CANCELLED  # unless _run returns
             try:
-                reply = await self._run(method, argument, context, emit)
+                reply = await self._run(method, argument, context, emit, span)
                 code = reply.code
             finally:
                 self.running -= 1
@@ -98,25 +118,30 @@ class Dispatcher:
         self.metrics.method(request.method if request.method in self.methods else UNKNOWN_METHOD).observe(code, 0.0)
         return wire.Reply(correlation_id=request.correlation_id, code=code, message=message)
 
-    async def _run(self, method: Method, argument: Any, context: HandlerContext, emit: Emit | None) -> wire.Reply:
+    async def _run(self, method: Method, argument: Any, context: HandlerContext, emit: Emit | None,
+                   span: CallSpan) -> wire.Reply:
         loop = asyncio.get_running_loop()
         if not inspect.iscoroutinefunction(method.func) and not inspect.isasyncgenfunction(method.func) \
                 and isinstance(argument, _decoded):
             argument = argument.blocking(loop)  # a sync handler iterates its requests on its own thread
+        # A def handler and its generator run on threads, in one copy of this task's context
+        # variables: the handler span is current there too, and their own spans nest.
+        variables = contextvars.copy_context()
         try:
             if inspect.iscoroutinefunction(method.func) or inspect.isasyncgenfunction(method.func):
                 result = method.func(argument, context)
             else:
-                result = await loop.run_in_executor(self._threads, method.func, argument, context)
+                result = await loop.run_in_executor(self._threads, variables.run, method.func, argument, context)
             if inspect.isawaitable(result):
                 result = await result
             if method.server_streaming:
                 assert emit is not None
-                await self._stream(method, result, emit, loop)
+                await self._stream(method, result, emit, loop, variables)
                 result = _DONE
         except Exception as exc:
             if not context.aborted:
                 log.warning("%s raised %s: %s", method.path, type(exc).__name__, exc)
+                span.record_exception(exc)
             return context.reply(None, exc)
         if result is _DONE:
             return context.reply(b"")
@@ -130,7 +155,8 @@ class Dispatcher:
             return context.reply(None)
         return context.reply(payload)
 
-    async def _stream(self, method: Method, responses: Any, emit: Emit, loop: asyncio.AbstractEventLoop) -> None:
+    async def _stream(self, method: Method, responses: Any, emit: Emit, loop: asyncio.AbstractEventLoop,
+                      variables: contextvars.Context) -> None:
         if responses is None:
             return
         if hasattr(responses, "__aiter__"):
@@ -141,13 +167,13 @@ class Dispatcher:
         try:
             while True:
                 # The handler's generator may block (sleep, read its requests): run it on a thread.
-                message = await loop.run_in_executor(self._threads, next, iterator, _DONE)
+                message = await loop.run_in_executor(self._threads, variables.run, _next, iterator)
                 if message is _DONE:
                     return
                 await emit(method.response_serializer(message))
         except asyncio.CancelledError:
             # Close the generator, so its finally blocks and the code after its loop run now.
-            self._threads.submit(_close, iterator)
+            self._threads.submit(_close, iterator, variables)
             raise
 
     def close(self) -> None:
@@ -184,15 +210,22 @@ async def _empty() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
-def _close(iterator: Any) -> None:
+def _next(iterator: Iterator[Any]) -> Any:
+    return next(iterator, _DONE)
+
+
+def _close(iterator: Any, variables: contextvars.Context) -> None:
     close = getattr(iterator, "close", None)
     for _ in range(100):
         try:
             if close is not None:
-                close()
+                variables.run(close)
             return
-        except ValueError:  # "generator already executing": its next() is still running
-            time.sleep(0.05)
+        except (ValueError, RuntimeError) as exc:
+            if isinstance(exc, RuntimeError) and "already entered" not in str(exc):
+                log.exception("closing a cancelled response generator failed")
+                return
+            time.sleep(0.05)  # its next() is still running: "generator already executing", or its context "already entered"
         except Exception:
             log.exception("closing a cancelled response generator failed")
             return

@@ -28,6 +28,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 
@@ -37,6 +38,7 @@ from adapter.config import WorkerConfig
 from adapter.memory import MemoryTransport, ReplyRecord
 from adapter.requester import Requester
 from adapter.routing import routes_for
+from adapter.tracing import Tracing
 from handlers.calls import Calls, Partition
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
@@ -47,10 +49,16 @@ Channel = AioKafkaChannel
 
 
 @asynccontextmanager
-async def serve_in_memory(*targets: object, default_timeout: float = 5.0) -> AsyncIterator[AioKafkaChannel]:
-    """Serve `targets` (servicers, their classes, `ServiceRegistry`s) for the block's duration."""
+async def serve_in_memory(*targets: object, default_timeout: float = 5.0,
+                          tracer_provider: Any = None) -> AsyncIterator[AioKafkaChannel]:
+    """Serve `targets` (servicers, their classes, `ServiceRegistry`s) for the block's duration.
+
+    Both sides make their spans with `tracer_provider` (an OpenTelemetry ``TracerProvider``;
+    default: the global one), e.g. one whose ``InMemorySpanExporter`` a test reads.
+    """
     methods, services = collect(targets)
-    dispatcher = Dispatcher(methods)
+    tracing = Tracing(tracer_provider)
+    dispatcher = Dispatcher(methods, tracing=tracing)
     offsets = itertools.count()
     partitions: set[Partition] = set()
 
@@ -74,7 +82,7 @@ async def serve_in_memory(*targets: object, default_timeout: float = 5.0) -> Asy
         return None  # replies went through `send`
 
     transport = MemoryTransport(serve)
-    channel = AioKafkaChannel(Requester(transport, default_timeout), routes_for(services))
+    channel = AioKafkaChannel(Requester(transport, default_timeout, tracing=tracing), routes_for(services))
     await channel.start(timeout=1.0)
     try:
         yield channel
