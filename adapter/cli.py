@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
-import time
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapter.config import KafkaConfig, MiB
 from adapter.errors import ConfigError, KafkaRpcError
+from adapter.logs import JsonFormatter
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -211,28 +210,6 @@ def kafka_config(args: argparse.Namespace) -> KafkaConfig:
         max_message_bytes=args.max_message_bytes,
         client_options=dict(getattr(args, "client_options", {}) or {}),
     )
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers: time, level, process, logger, message."""
-
-    converter = staticmethod(time.gmtime)
-
-    def __init__(self, process_name: str) -> None:
-        super().__init__()
-        self._process_name = process_name
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "process": f"{self._process_name}[{record.process}]",
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
 
 
 def setup_logging(level: str, name: str, fmt: str = "text") -> None:

@@ -24,6 +24,7 @@ from adapter import wire
 from adapter.config import ReplyConfig
 from adapter.errors import MalformedRecord
 from adapter.kafka import make_consumer
+from adapter.logs import record_fields
 from adapter.metrics import FrontendMetrics
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class ReplyListener(ConsumerRebalanceListener):
                             self.malformed += 1
                             self._malformed_total.inc()
                             log.warning("dropped malformed reply %s/%d@%d: %s",
-                                        tp.topic, tp.partition, record.offset, exc)
+                                        tp.topic, tp.partition, record.offset, exc, extra=record_fields(record))
                 if replies:
                     self._on_replies(replies)
         except Exception:  # the thread must not die silently: calls would hang until deadline

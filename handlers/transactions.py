@@ -2,13 +2,16 @@
 
     txn = Transactions(config, consumer.group_metadata, tracker, metrics)
     await txn.start()
-    future = await txn.send(topic, value=..., headers=...)   # into the open transaction
+    future = await txn.send(topic, value=..., headers=...)   # into the open transaction, commits soon
     tracker.done(topic, partition, offset)                    # in the same step as the send
-    if not await txn.commit():                                # aborted: the caller rewinds
-        ...
+    txn.kick()                                                # commit soon: offsets changed
+    if txn.failed:                                            # aborted: the caller rewinds, then
+        txn.resume()
 
 A request's record is marked done in the step that hands its final reply to the producer, and
 sends wait while a commit runs, so each commit covers exactly the replies it makes visible.
+Commits run as soon as there is something to commit, one at a time: what arrives during one
+commit goes into the next, so they batch themselves under load.
 Offsets are committed as each partition's first record not yet done, with the records after it
 that are done listed in the commit's metadata (`handlers.offsets.encode_done`): one slow call
 holds back nothing but itself, and the next owner of the partition skips what was answered.
@@ -55,6 +58,10 @@ class Transactions:
         self._dirty = False  # something was sent since the last commit
         self._committed: dict[Partition, tuple[int, str]] = {}
         self._closed = False
+        #: A transaction was aborted: sends wait until the caller has rewound and calls `resume`.
+        self.failed = False
+        self._committer: asyncio.Task[None] | None = None
+        self._again = False
         # One thread: the producer's transactional calls block, and must never run at once.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transactions")
 
@@ -85,9 +92,31 @@ class Transactions:
     async def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
                    partition: int | None = None) -> Any:
         """Produce a record in the open transaction (waiting while a commit runs); kafka-python's future."""
-        await self._open.wait()
+        # A sender woken when one commit ended may find the next one started: wait again.
+        while not self._open.is_set():
+            await self._open.wait()
         self._dirty = True
-        return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        future = self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        self.kick()
+        return future
+
+    def kick(self) -> None:
+        """Commit soon: now, or again as soon as the running commit ends."""
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.get_running_loop().create_task(self._commit_soon())
+        else:
+            self._again = True
+
+    async def _commit_soon(self) -> None:
+        self._again = True
+        while self._again and not self.failed:
+            self._again = False
+            await self.commit()
+
+    def resume(self) -> None:
+        """After an abort and the caller's rewind: let sends into the new transaction."""
+        self.failed = False
+        self._open.set()
 
     async def commit(self) -> bool:
         """Commit what was sent and the offsets done so far, then open the next transaction.
@@ -97,6 +126,8 @@ class Transactions:
         async with self._lock:
             if self._closed:
                 return True
+            if self.failed:
+                return False
             changed: dict[Partition, tuple[int, str]] = {}
             for tp, (position, done) in self._tracker.positions().items():
                 entry = (position, encode_done(position, done))
@@ -116,6 +147,7 @@ class Transactions:
             except Exception as exc:
                 log.warning("transaction aborted, its calls will run again: %s: %s", type(exc).__name__, exc)
                 self._metrics.transactions.labels("aborted").inc()
+                self.failed = True
                 await self._abort()
                 self._committed.clear()
                 return False
@@ -126,7 +158,8 @@ class Transactions:
                 return True
             finally:
                 self._dirty = False
-                self._open.set()
+                if not self.failed:
+                    self._open.set()
 
     def _commit(self, changed: dict[Partition, tuple[int, str]]) -> None:
         if changed:
@@ -142,8 +175,14 @@ class Transactions:
         except Exception as exc:
             # Fenced by a newer process with our id, or the producer is broken: start afresh.
             log.warning("transactional producer replaced after %s: %s", type(exc).__name__, exc)
+            if "Fenced" in str(exc):
+                log.error("another producer took transactional id %s: give each handler process its own "
+                          "--transactional-id, or two of them keep fencing each other", self.transactional_id)
             old, self._producer = self._producer, None
-            await self._blocking(old.close, 0)
+            try:
+                await self._blocking(old.close, 0)
+            except Exception as close_error:  # a fenced producer may refuse even this
+                log.debug("closing the old transactional producer: %s", close_error)
             while self._producer is None:
                 try:
                     self._producer = await self._blocking(self._new_producer)
@@ -164,6 +203,8 @@ class Transactions:
         """Commit what is left, then close the producer."""
         if self._producer is None:
             return
+        if self._committer is not None:
+            await asyncio.gather(self._committer, return_exceptions=True)
         await self.commit()
         self._closed = True
         await self._blocking(self._producer.close, 5)

@@ -29,6 +29,7 @@ from adapter import wire
 from adapter.config import WorkerConfig, check_topic
 from adapter.errors import ConfigError, MalformedRecord
 from adapter.kafka import ensure_topics, make_consumer, make_producer
+from adapter.logs import record_fields
 from adapter.metrics import HandlerMetrics
 from adapter.routing import Route
 from handlers.calls import Calls
@@ -48,10 +49,6 @@ REVOKE_GRACE = 5.0
 COMMIT_INTERVAL = 0.2
 #: Seconds between samples of the consumer lag, for the metrics.
 LAG_INTERVAL = 2.0
-#: How long one fetch waits for records; short in the exactly-once mode, where replies become
-#: visible only when the loop gets round to committing them.
-POLL_MS = 100
-POLL_MS_EXACTLY_ONCE = 10
 
 
 class Worker(ConsumerRebalanceListener):
@@ -132,6 +129,11 @@ class Worker(ConsumerRebalanceListener):
                     await asyncio.sleep(1.0)
                     continue
                 batches, done_before = batches
+                if self.txn is not None and self.txn.failed:
+                    # A transaction was aborted: what this fetch brought is fetched again after the rewind.
+                    await self._rewind()
+                    self.txn.resume()
+                    continue
                 for tp, offsets in done_before.items():
                     self.tracker.skip(tp.topic, tp.partition, offsets)
                 for tp, records in batches.items():
@@ -141,8 +143,7 @@ class Worker(ConsumerRebalanceListener):
                             self._accept(record)
                 await self._flow_control()
                 if self.txn is not None:
-                    if not await self.txn.commit():
-                        await self._rewind()
+                    self.txn.kick()  # records done without a reply (expired, cancelled) move offsets too
                 elif time.monotonic() >= self._commit_due:
                     # Committing after every poll costs the handler and the broker CPU for
                     # nothing: a few hundred milliseconds late changes only what a crash redoes.
@@ -187,11 +188,11 @@ class Worker(ConsumerRebalanceListener):
         """A record we cannot serve: answer it if we can, else move it to the dead-letter topic.
 
         `kind` is the reason's label in the metrics: ``malformed`` or ``reply_topic``."""
-        log.warning("rejected %s: %s", where, reason)
+        log.warning("rejected %s: %s", where, reason, extra=record_fields(record))
         self.metrics.records_rejected.labels(kind).inc()
         task = asyncio.ensure_future(self._answer_rejected(record, where, reason))
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, record, where, counted=False))
+        task.add_done_callback(lambda t: self._finished(t, record, where))
 
     async def _answer_rejected(self, record: Any, where: str, reason: str) -> None:
         headers = record.headers or []
@@ -208,7 +209,7 @@ class Worker(ConsumerRebalanceListener):
                 future = await self._produce(self.config.dead_letter_topic, record.value, record.key,
                                              wire.dead_letter_headers(headers, reason, where))
         except Exception as exc:  # a record that even the producer refuses must not stop the partition
-            log.error("could not reject %s (%s): %s; skipped", where, reason, exc)
+            log.error("could not reject %s (%s): %s; skipped", where, reason, exc, extra=record_fields(record))
             self.metrics.reply_errors.inc()
             return
         await self._acked(future)
@@ -220,17 +221,22 @@ class Worker(ConsumerRebalanceListener):
             return await self.txn.send(topic, value, key, headers, partition)
         return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
 
-    def _finished(self, task: asyncio.Future[None], record: Any, where: str, counted: bool = True) -> None:
+    def _finished(self, task: asyncio.Future[None], record: Any, where: str) -> None:
         self._tasks.discard(task)
         headers = record.headers or []
         self._origins.pop(wire.correlation_id_of(headers) or b"", None)
         # The offset of a call's opening record is done only once its final reply is sent.
         self.tracker.done(record.topic, record.partition, record.offset)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("failed to reply to %s: %s", where, task.exception())
+        if task.cancelled() or task.exception() is None:
+            return
+        fields = record_fields(record)
+        call = f"{fields.get('method', '?')} call {fields.get('correlation_id', '?')} ({where})"
+        if self.txn is not None:
+            log.debug("failed to reply to %s; its transaction aborts and the call runs again: %s", call,
+                        task.exception(), extra=fields)
+        else:
+            log.error("failed to reply to %s: %s", call, task.exception(), extra=fields)
             self.metrics.reply_errors.inc()
-        elif counted:
-            self.replied += 1
 
     async def _send(self, request: wire.Request, record: wire.Reply | wire.Frame, key: bytes | None) -> None:
         """Produce one reply record; stream messages are pipelined, a final reply waits for all."""
@@ -259,6 +265,8 @@ class Worker(ConsumerRebalanceListener):
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
+        if isinstance(record, wire.Reply):
+            self.replied += 1
 
     def _acked(self, future: Any) -> asyncio.Future[None]:
         assert self._loop is not None
@@ -277,7 +285,7 @@ class Worker(ConsumerRebalanceListener):
 
         In the exactly-once mode, also the records of newly fetched partitions that their
         previous owner replied to (from its commit metadata)."""
-        batches = self._consumer.poll(timeout_ms=POLL_MS_EXACTLY_ONCE if self.config.exactly_once else POLL_MS)
+        batches = self._consumer.poll(timeout_ms=100)
         now = time.monotonic()
         if now >= self._lag_due:
             self._lag_due = now + LAG_INTERVAL
@@ -345,6 +353,7 @@ class Worker(ConsumerRebalanceListener):
         The aborted transaction took replies with it whose records count as done here; running
         those again needs a position before them, and calls still running would then be
         started twice, so everything starts again from what Kafka committed."""
+        log.info("running again the %d calls in progress and what the aborted transaction answered", len(self._tasks))
         for correlation_id in list(self._origins):
             self.calls.cancel(correlation_id, "its transaction was aborted; it runs again", grpc.StatusCode.ABORTED)
         for task in list(self._tasks):
@@ -364,6 +373,7 @@ class Worker(ConsumerRebalanceListener):
                 self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, committed)
+            log.debug("rewound %s/%d to %s", tp.topic, tp.partition, committed)
         self._loaded.clear()
 
     async def _drain(self) -> None:
@@ -419,12 +429,9 @@ class Worker(ConsumerRebalanceListener):
         await self.calls.abort(parts, grpc.StatusCode.ABORTED, "the call's partition moved to another handler process")
         await self.calls.finish(parts, REVOKE_GRACE)
         await asyncio.sleep(0)
-        if not await self.txn.commit():
-            # Nothing of these partitions was committed: the next owner runs them again, so
-            # calls still running here must not reply as well.
-            for correlation_id, (topic, partition, _) in list(self._origins.items()):
-                if (topic, partition) in parts:
-                    self.calls.cancel(correlation_id, "its transaction was aborted", grpc.StatusCode.ABORTED)
+        # If this fails, nothing of these partitions was committed: their next owner runs them
+        # again, and the loop's rewind stops the calls still running here.
+        await self.txn.commit()
         self.tracker.forget(parts)
         self.txn.forget(parts)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,43 @@ def test_json_logs_are_one_object_per_line(kafka_bootstrap: str, prefix: str, tm
     assert any(e["message"].startswith("serving 3 services") for e in entries), front.output()
     assert all({"time", "level", "process", "logger", "message"} <= set(e) for e in entries)
     assert all(e["process"].startswith("adapter[") for e in entries)
+
+
+@pytest.mark.kafka
+def test_json_error_lines_carry_the_call_fields(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    import json
+
+    from kafka import KafkaProducer
+
+    from adapter import wire
+    from tests import procs
+
+    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, "--log-format", "json",
+                           targets=["tests.kitchen_service:Kitchen"])
+    try:
+        topic = f"{prefix}rpctest.v1.Kitchen"
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        sent = producer.send(topic, value=b"", partition=1, headers=[
+            (wire.CORRELATION_ID, bytes(range(16))), (wire.METHOD, b"/rpctest.v1.Kitchen/Echo"),
+            (wire.REPLY_TOPIC, b"not-allowed-here"),
+        ]).get(timeout=30)
+        garbage = producer.send(topic, value=b"x", partition=2, headers=[("rpc-deadline", b"soon")]).get(timeout=30)
+        producer.close()
+
+        def rejected() -> list[dict[str, object]]:
+            entries = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
+            return [e for e in entries if e["message"].startswith("rejected")]
+
+        deadline = time.monotonic() + 30
+        while len(rejected()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        forbidden, malformed = sorted(rejected(), key=lambda e: e["partition"])  # type: ignore[arg-type, return-value]
+        assert forbidden["level"] == "WARNING"
+        assert {k: forbidden[k] for k in ("method", "correlation_id", "topic", "partition", "offset")} == {
+            "method": "/rpctest.v1.Kitchen/Echo", "correlation_id": bytes(range(16)).hex(), "topic": topic,
+            "partition": 1, "offset": sent.offset}
+        assert "not allowed" in str(forbidden["message"])
+        assert (malformed["topic"], malformed["partition"], malformed["offset"]) == (topic, 2, garbage.offset)
+        assert "method" not in malformed and "correlation_id" not in malformed
+    finally:
+        worker.stop()

@@ -148,3 +148,38 @@ def test_kill_9_mid_flight_commits_each_reply_once(kafka_bootstrap: str, prefix:
         for proc in (first, second, restarted, front):
             if proc is not None:
                 proc.stop()
+
+
+def test_a_fenced_handler_aborts_rewinds_and_answers_each_call_once(kafka_bootstrap: str, prefix: str,
+                                                                      tmp_path: Path) -> None:
+    """Another producer taking the handler's transactional id aborts the open transaction:
+    the handler starts a new producer, runs the uncommitted calls again, and every reply is
+    still committed once."""
+    from kafka import KafkaProducer
+
+    front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
+    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, "--exactly-once",
+                           "--transactional-id", f"{prefix}h1", targets=KITCHEN)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            kitchen = kitchen_pb2_grpc.KitchenStub(channel)
+            futures = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=0.5), timeout=60) for _ in range(40)]
+            echoes = [kitchen.Echo.future(kitchen_pb2.Everything(number=i), timeout=60) for i in range(100)]
+            time.sleep(0.6)
+            intruder = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{prefix}h1")
+            intruder.init_transactions()  # bumps the epoch: the handler's producer is fenced
+            intruder.close()
+            assert [_code(f) for f in futures + echoes] == [grpc.StatusCode.OK] * 140
+            assert [f.result().number for f in echoes] == list(range(100))
+        worker.popen.send_signal(signal.SIGTERM)
+        assert worker.popen.wait(30) == 0
+        output = worker.output()
+        assert "transaction aborted" in output
+        assert "transactional producer replaced" in output
+        committed, ends = _committed(kafka_bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
+        assert committed == ends
+        replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
+        assert sum(replies.values()) == 140 and set(replies.values()) == {1}
+    finally:
+        worker.stop()
+        front.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.offsets import OffsetTracker
+from handlers.offsets import DONE_PREFIX, OffsetTracker, decode_done, encode_done
 
 T = "requests"
 
@@ -100,3 +100,64 @@ def test_partition_assigned_again_starts_afresh() -> None:
     assert tracker.committable() == {}
     tracker.done(T, 0, 1)
     assert tracker.committable() == {(T, 0): 2}
+
+
+# The exactly-once mode commits each partition's first record not done, with the done ones after it.
+
+def test_positions_name_the_first_open_record_and_the_done_ones_after_it() -> None:
+    tracker = tracker_with(10, 11, 12, 13, 15)
+    tracker.done(T, 0, 12)
+    tracker.done(T, 0, 15)
+    assert tracker.positions() == {(T, 0): (10, {12, 15})}
+    tracker.done(T, 0, 10)
+    tracker.done(T, 0, 11)
+    assert tracker.positions() == {(T, 0): (13, {15})}
+    tracker.done(T, 0, 13)
+    assert tracker.positions() == {(T, 0): (16, set())}
+
+
+def test_done_twice_counts_once() -> None:
+    tracker = tracker_with(10, 11)
+    tracker.done(T, 0, 10)
+    tracker.done(T, 0, 10)  # the reply's send marked it, then the call's end
+    assert tracker.pending == 1
+    assert tracker.positions() == {(T, 0): (11, set())}
+
+
+def test_done_sets_survive_their_encoding() -> None:
+    for position, done in [(0, {1}), (100, {101, 108, 109, 250}), (7, set(range(8, 20_000)))]:
+        metadata = encode_done(position, done)
+        assert len(metadata) < 4000
+        assert decode_done(position, metadata) == done
+    assert encode_done(5, set()) == ""
+
+
+def test_foreign_or_broken_metadata_skips_nothing() -> None:
+    assert decode_done(3, "") == set()
+    assert decode_done(3, "written by some other consumer") == set()
+    assert decode_done(3, DONE_PREFIX + "not base64!") == set()
+    assert decode_done(3, DONE_PREFIX + "aGVsbG8=") == set()  # base64, not zlib
+
+
+def test_records_the_previous_owner_answered_are_skipped_and_done() -> None:
+    tracker = OffsetTracker()
+    tracker.skip(T, 0, decode_done(10, encode_done(10, {11, 13})))
+    seen = []
+    for offset in (10, 11, 12, 13):
+        tracker.add(T, 0, offset)
+        if not tracker.skipped(T, 0, offset):
+            seen.append(offset)
+    assert seen == [10, 12]
+    assert tracker.positions() == {(T, 0): (10, {11, 13})}
+    tracker.done(T, 0, 10)
+    tracker.done(T, 0, 12)
+    assert tracker.positions() == {(T, 0): (14, set())}
+
+
+def test_forget_everything() -> None:
+    tracker = tracker_with(1, 2)
+    tracker.skip(T, 1, {5})
+    tracker.forget()
+    assert tracker.positions() == {} and tracker.pending == 0
+    tracker.add(T, 1, 5)
+    assert not tracker.skipped(T, 1, 5)
