@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -27,6 +28,18 @@ def call_fields(method: str | None = None, correlation_id: bytes | None = None, 
     values = {"method": method or None, "correlation_id": correlation_id.hex() if correlation_id else None,
               "topic": topic, "partition": partition, "offset": offset}
     return {name: value for name, value in values.items() if value is not None}
+
+
+#: A handler's peer, ``kafka:TOPIC/PARTITION@OFFSET`` (topic names have no ``/`` or ``@``).
+_PEER = re.compile(r"^[^:]*:(?P<topic>[^/]+)/(?P<partition>\d+)@(?P<offset>\d+)$")
+
+
+def peer_location(peer: str) -> tuple[str | None, int | None, int | None]:
+    """The topic, partition and offset of a handler's peer string (Nones for any other peer)."""
+    where = _PEER.match(peer)
+    if where is None:
+        return None, None, None
+    return where["topic"], int(where["partition"]), int(where["offset"])
 
 
 def record_fields(record: Any) -> dict[str, Any]:

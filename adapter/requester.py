@@ -20,6 +20,7 @@ import grpc
 
 from adapter import wire
 from adapter.errors import CallError, CallTimeout, TransportError
+from adapter.logs import call_fields
 from adapter.metrics import FrontendMetrics
 from adapter.stream import Stream
 from adapter.tracing import CallSpan, Tracing, code_when_cancelled
@@ -146,6 +147,8 @@ class Requester:
             span.end(code_when_cancelled(request.time_remaining()))
             raise
         except TransportError as exc:
+            log.warning("%s call %s: could not send the request to %s: %s", method, cid.hex(), topic, exc,
+                        extra=call_fields(method, cid, topic))
             raise CallError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
         finally:
             self._pending.pop(cid, None)
@@ -176,6 +179,8 @@ class Requester:
             self._transport.send(topic, stream.key, opening.payload, opening.encode_headers(), self._failer(cid))
         except TransportError as exc:
             self._pending.pop(cid, None)
+            log.warning("%s call %s: could not send the request to %s: %s", method, cid.hex(), topic, exc,
+                        extra=call_fields(method, cid, topic))
             error = CallError(grpc.StatusCode.UNAVAILABLE, str(exc))
             span.end(error.code, error.details)
             raise error from exc

@@ -20,7 +20,6 @@ provider, which `configure` does from the standard ``OTEL_*`` environment variab
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import entry_points
@@ -30,6 +29,7 @@ import grpc
 
 from adapter import wire
 from adapter.errors import ConfigError
+from adapter.logs import peer_location
 from adapter.metrics import DEADLINE_SLACK
 
 try:
@@ -47,8 +47,6 @@ _SERVER_ERRORS = frozenset({
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
 })
-#: A handler's peer, ``kafka:TOPIC/PARTITION@OFFSET`` (topic names have no ``/`` or ``@``).
-_PEER = re.compile(r"^[^:]*:(?P<topic>[^/]+)/(?P<partition>\d+)@(?P<offset>\d+)$")
 
 
 class CallSpan:
@@ -126,11 +124,11 @@ class Tracing:
             return
         attributes: dict[str, str | int] = {**_rpc(request.method),
                                             "messaging.message.conversation_id": request.correlation_id.hex()}
-        where = _PEER.match(peer)
-        if where:
-            attributes["messaging.destination.name"] = where["topic"]
-            attributes["messaging.destination.partition.id"] = where["partition"]
-            attributes["messaging.kafka.offset"] = int(where["offset"])
+        topic, partition, offset = peer_location(peer)
+        if topic is not None and partition is not None and offset is not None:
+            attributes["messaging.destination.name"] = topic
+            attributes["messaging.destination.partition.id"] = str(partition)
+            attributes["messaging.kafka.offset"] = offset
         # The parent is the caller's span only, never whatever this process had current.
         parent = propagate.extract(_carrier(request.metadata, propagate.get_global_textmap().fields))
         span = self._tracer.start_span(_name(request.method), parent, kind=SpanKind.SERVER, attributes=attributes)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from adapter import wire
+from adapter.logs import call_fields, peer_location
 from adapter.metrics import DEADLINE_SLACK, HandlerMetrics
 from handlers.context import HandlerContext
 from handlers.dedupe import ReplyCache
@@ -129,7 +130,8 @@ class Calls:
             self._route(record)
             return None
         if record.correlation_id in self._calls:
-            log.warning("ignored a second opening of call %s (%s)", record.correlation_id.hex(), peer)
+            log.warning("ignored a second opening of call %s (%s)", record.correlation_id.hex(), peer,
+                        extra=call_fields(record.method, record.correlation_id, *peer_location(peer)))
             return None
         dedupe = self._dedupe_key(record)
         if dedupe is not None and self.replies is not None:
@@ -196,7 +198,9 @@ class Calls:
                 try:
                     await self._send(call.request, reply, call.key)
                 except Exception as exc:
-                    log.warning("could not send %s to call %s: %s", code.name, call.request.correlation_id.hex(), exc)
+                    log.warning("could not send %s to call %s: %s", code.name, call.request.correlation_id.hex(), exc,
+                                extra=call_fields(call.request.method, call.request.correlation_id,
+                                                  *peer_location(call.context.peer())))
         await asyncio.gather(*(c.task for c in doomed if c.task is not None), return_exceptions=True)
 
     async def finish(self, partitions: set[Partition], timeout: float) -> None:

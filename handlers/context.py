@@ -55,6 +55,10 @@ class HandlerContext:
     def method(self) -> str:
         return self._request.method
 
+    def correlation_id(self) -> bytes:
+        """The call's correlation id (the ``kafka_correlationId`` header), for logs."""
+        return self._request.correlation_id
+
     # Ending the call.
     def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         if code is grpc.StatusCode.OK:

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from adapter import wire
+from adapter.logs import call_fields, peer_location
 from adapter.metrics import UNKNOWN_METHOD, HandlerMetrics
 from adapter.tracing import CallSpan, Tracing
 from handlers.context import HandlerContext
@@ -140,7 +141,9 @@ class Dispatcher:
                 result = _DONE
         except Exception as exc:
             if not context.aborted:
-                log.warning("%s raised %s: %s", method.path, type(exc).__name__, exc)
+                log.warning("%s raised %s: %s (call %s from %s)", method.path, type(exc).__name__, exc,
+                            context.correlation_id().hex(), context.peer(),
+                            extra=call_fields(method.path, context.correlation_id(), *peer_location(context.peer())))
                 span.record_exception(exc)
             return context.reply(None, exc)
         if result is _DONE:

@@ -142,15 +142,27 @@ def test_json_error_lines_carry_the_call_fields(kafka_bootstrap: str, prefix: st
             (wire.REPLY_TOPIC, b"not-allowed-here"),
         ]).get(timeout=30)
         garbage = producer.send(topic, value=b"x", partition=2, headers=[("rpc-deadline", b"soon")]).get(timeout=30)
+        from rpctest.v1 import kitchen_pb2
+
+        failing = wire.Request("/rpctest.v1.Kitchen/Fail", bytes(16), f"{prefix}replies", payload=kitchen_pb2.FailRequest(
+            mode=kitchen_pb2.FailRequest.RAISE, message="boom").SerializeToString())
+        raised = producer.send(topic, value=failing.payload, partition=3, headers=failing.encode_headers()).get(timeout=30)
         producer.close()
 
         def rejected() -> list[dict[str, object]]:
             entries = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
             return [e for e in entries if e["message"].startswith("rejected")]
 
+        def failed() -> list[dict[str, object]]:
+            entries = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
+            return [e for e in entries if "raised RuntimeError" in str(e["message"])]
+
         deadline = time.monotonic() + 30
-        while len(rejected()) < 2 and time.monotonic() < deadline:
+        while (len(rejected()) < 2 or not failed()) and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert {k: failed()[0][k] for k in ("method", "correlation_id", "topic", "partition", "offset")} == {
+            "method": "/rpctest.v1.Kitchen/Fail", "correlation_id": bytes(16).hex(), "topic": topic,
+            "partition": 3, "offset": raised.offset}
         forbidden, malformed = sorted(rejected(), key=lambda e: e["partition"])  # type: ignore[arg-type, return-value]
         assert forbidden["level"] == "WARNING"
         assert {k: forbidden[k] for k in ("method", "correlation_id", "topic", "partition", "offset")} == {
