@@ -24,6 +24,15 @@ HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xmx512m}"
 JVM_PERF_OPTS="${KAFKA_JVM_PERFORMANCE_OPTS:--XX:+UseSerialGC -XX:TieredStopAtLevel=1}"
 LOG_LEVEL="${KAFKA_LOG_LEVEL:-INFO}"
 USE_CDS="${KAFKA_CDS:-1}"
+# Opt-in secure listeners beside PLAINTEXT (unset: none, the broker is as without them).
+SSL_PORT="${KAFKA_SSL_PORT:-}"
+SASL_PORT="${KAFKA_SASL_PORT:-}"
+SCRAM_USER="${KAFKA_SCRAM_USER:-rpc}"
+SCRAM_PASSWORD="${KAFKA_SCRAM_PASSWORD:-rpc-secret}"
+SCRAM_MECHANISMS=(SCRAM-SHA-256 SCRAM-SHA-512)
+SECURE_PORTS=()
+if [[ -n "$SSL_PORT" ]]; then SECURE_PORTS+=("$SSL_PORT"); fi
+if [[ -n "$SASL_PORT" ]]; then SECURE_PORTS+=("$SASL_PORT"); fi
 
 LIBS_DIR="$STATE_DIR/libs"
 DATA_DIR="$STATE_DIR/data"
@@ -37,10 +46,17 @@ LOCK_FILE="$STATE_DIR/broker.lock"
 CDS_ARCHIVE="$STATE_DIR/broker.jsa"
 CDS_STAMP="$STATE_DIR/broker.jsa.stamp"
 POM_STAMP="$LIBS_DIR/.pom.sha256"
+# TLS material of the secure listeners, made once by ensure_tls: clients trust CA_FILE.
+TLS_DIR="$STATE_DIR/tls"
+CA_FILE="$TLS_DIR/ca.pem"
+SERVER_KEYSTORE="$TLS_DIR/server-keystore.pem"
+# Hash of the SCRAM user, password and mechanisms the storage or broker has (never the password).
+SCRAM_STAMP="$STATE_DIR/scram.sha256"
 
 # Main classes in kafka_2.13 4.3.1 (checked: StorageTool is still the Scala kafka.tools.StorageTool).
 BROKER_MAIN="kafka.Kafka"
 STORAGE_TOOL_MAIN="kafka.tools.StorageTool"
+CONFIG_COMMAND_MAIN="kafka.admin.ConfigCommand"
 # Line KafkaRaftServer logs once the broker and controller are up.
 STARTED_PATTERN="Kafka Server started"
 
@@ -73,6 +89,23 @@ Environment:
   KAFKA_CDS                1 (default): keep a class-data-sharing archive of the broker in the
                            state dir for faster starts (made on the first clean 'down'); 0: off.
   JAVA_HOME                Java to use (default: java on PATH).
+
+Secure listeners (opt-in, beside the PLAINTEXT one; for testing TLS and SASL clients):
+  KAFKA_SSL_PORT           Add an SSL listener on $HOST:\$KAFKA_SSL_PORT (TLS, no client
+                           certificate). Its server certificate (IP 127.0.0.1, DNS localhost)
+                           is signed by a CA made with openssl in \$KAFKA_STATE_DIR/tls/ on the
+                           first secure 'up'; clients trust \$KAFKA_STATE_DIR/tls/ca.pem.
+  KAFKA_SASL_PORT          Add a SASL_SSL listener on $HOST:\$KAFKA_SASL_PORT: TLS as above,
+                           then SCRAM-SHA-512 or SCRAM-SHA-256 authentication.
+  KAFKA_SCRAM_USER         SCRAM user (default rpc).
+  KAFKA_SCRAM_PASSWORD     Its password (default rpc-secret). For local testing only: Kafka's
+                           tools get it on their command line.
+                           User and password: letters, digits, '.', '_', '-'. The user is
+                           created when the storage is formatted; if the storage already
+                           exists, or the user or password changed, 'up' adds or updates it
+                           (Kafka's ConfigCommand, a few seconds more, once).
+  With either port set, 'up' also prints the secure bootstrap addresses and the CA file.
+  The inter-broker and controller listeners stay PLAINTEXT.
 
 Bootstrap address of the local broker: $HOST:\$KAFKA_PORT (default $HOST:9092).
 EOF
@@ -159,6 +192,148 @@ check_java() {
 
 pom_hash() { sha256sum "$POM" | cut -d' ' -f1; }
 
+secure() { ((${#SECURE_PORTS[@]})); }
+
+# check_secure_settings: the secure listeners' settings are usable, or die saying which is not.
+check_secure_settings() {
+    local name value
+    for name in KAFKA_SSL_PORT KAFKA_SASL_PORT; do
+        value="${!name:-}"
+        if [[ -n "$value" ]] && ! [[ "$value" =~ ^[0-9]{1,5}$ && "$value" -ge 1 && "$value" -le 65535 ]]; then
+            die "$name='$value' is not a TCP port (1-65535)"
+        fi
+    done
+    secure || return 0
+    local ports=("$PORT" "$CONTROLLER_PORT" "${SECURE_PORTS[@]}")
+    if [[ "$(printf '%s\n' "${ports[@]}" | sort -u | wc -l)" -ne "${#ports[@]}" ]]; then
+        die "KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_SSL_PORT and KAFKA_SASL_PORT must differ (got ${ports[*]})"
+    fi
+    if [[ -n "$SASL_PORT" ]]; then
+        # They go into StorageTool's and kafka-configs' 'SCRAM-SHA-512=[name=U,password=P]' syntax.
+        [[ "$SCRAM_USER" =~ ^[A-Za-z0-9._-]+$ ]] \
+            || die "KAFKA_SCRAM_USER='$SCRAM_USER': use letters, digits, '.', '_', '-'"
+        [[ "$SCRAM_PASSWORD" =~ ^[A-Za-z0-9._-]+$ ]] \
+            || die "KAFKA_SCRAM_PASSWORD: use letters, digits, '.', '_', '-' (value not shown)"
+    fi
+    if [[ ! -s "$CA_FILE" || ! -s "$SERVER_KEYSTORE" ]]; then
+        command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the TLS certificates of KAFKA_SSL_PORT / KAFKA_SASL_PORT"
+    fi
+}
+
+# listeners_value / advertised_value / protocol_map: the listener settings of server.properties.
+# Without KAFKA_SSL_PORT / KAFKA_SASL_PORT they are the plain single-listener ones.
+listeners_value() {
+    local value="PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT"
+    if [[ -n "$SSL_PORT" ]]; then value+=",SSL://$HOST:$SSL_PORT"; fi
+    if [[ -n "$SASL_PORT" ]]; then value+=",SASL_SSL://$HOST:$SASL_PORT"; fi
+    echo "$value"
+}
+
+advertised_value() {
+    local value="PLAINTEXT://$HOST:$PORT"
+    if [[ -n "$SSL_PORT" ]]; then value+=",SSL://$HOST:$SSL_PORT"; fi
+    if [[ -n "$SASL_PORT" ]]; then value+=",SASL_SSL://$HOST:$SASL_PORT"; fi
+    echo "$value"
+}
+
+protocol_map() {
+    local value="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if [[ -n "$SSL_PORT" ]]; then value+=",SSL:SSL"; fi
+    if [[ -n "$SASL_PORT" ]]; then value+=",SASL_SSL:SASL_SSL"; fi
+    echo "$value"
+}
+
+# ensure_tls: a CA and a server certificate it signs (IP 127.0.0.1, DNS localhost), made once.
+# The broker reads the PEM key and chain from SERVER_KEYSTORE; clients trust CA_FILE.
+ensure_tls() {
+    if [[ -s "$CA_FILE" && -s "$SERVER_KEYSTORE" ]]; then
+        return 0
+    fi
+    log "making a local CA and server certificate in $TLS_DIR"
+    local tmp="$TLS_DIR.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    if ! (
+        set -e
+        umask 077
+        cd "$tmp"
+        cat >server.ext <<EOF
+basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:$HOST,DNS:localhost
+subjectKeyIdentifier=hash
+authorityKeyIdentifier=keyid,issuer
+EOF
+        openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+            -subj "/CN=kafka-grpc-adapter local broker CA" -keyout ca.key -out ca.pem \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj "/CN=localhost" -keyout server.key -out server.csr
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -set_serial "0x$(openssl rand -hex 16)" \
+            -days 3650 -extfile server.ext -out server.pem
+        # Kafka's PEM key store wants an unencrypted PKCS#8 key followed by the chain.
+        openssl pkcs8 -topk8 -nocrypt -in server.key -out server.p8
+        cat server.p8 server.pem ca.pem >server-keystore.pem
+        rm -f server.csr server.ext server.p8
+        chmod 644 ca.pem server.pem
+    ) >"$STATE_DIR/openssl.log" 2>&1; then
+        cat "$STATE_DIR/openssl.log" >&2
+        rm -rf "$tmp"
+        die "openssl could not make the TLS certificates (output above)"
+    fi
+    rm -rf "$TLS_DIR"
+    mv "$tmp" "$TLS_DIR"
+}
+
+# scram_fingerprint: what the SCRAM user should be, as a hash (the password is not written out).
+scram_fingerprint() {
+    printf '%s\n' "$SCRAM_USER" "$SCRAM_PASSWORD" "${SCRAM_MECHANISMS[@]}" | sha256sum | cut -d' ' -f1
+}
+
+tool_jvm_opts() {
+    printf '%s\n' -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
+        "-Dlog4j2.configurationFile=$LOG4J_CONF" -Dkafka.root.logger.level=WARN -cp "$LIBS_DIR/*"
+}
+
+# ensure_scram_user: on a running broker whose storage was formatted without this SCRAM user
+# (or with another password), add or update it through the PLAINTEXT listener.
+ensure_scram_user() {
+    [[ -n "$SASL_PORT" ]] || return 0
+    local want
+    want="$(scram_fingerprint)"
+    if [[ -f "$SCRAM_STAMP" && "$(cat "$SCRAM_STAMP")" == "$want" ]]; then
+        return 0
+    fi
+    log "adding SCRAM user '$SCRAM_USER' (${SCRAM_MECHANISMS[*]}) to the running broker"
+    local opts=() mechanism
+    mapfile -t opts < <(tool_jvm_opts)
+    # One mechanism per call: Kafka refuses to alter a user's credentials twice in one request.
+    for mechanism in "${SCRAM_MECHANISMS[@]}"; do
+        if ! "$JAVA" "${opts[@]}" "$CONFIG_COMMAND_MAIN" --bootstrap-server "$HOST:$PORT" --alter \
+                --entity-type users --entity-name "$SCRAM_USER" \
+                --add-config "$mechanism=[password=$SCRAM_PASSWORD]" >"$STATE_DIR/scram.log" 2>&1; then
+            # Its error message repeats the arguments, password included.
+            sed -i "s/$SCRAM_PASSWORD/***/g" "$STATE_DIR/scram.log"
+            cat "$STATE_DIR/scram.log" >&2
+            die "could not add the SCRAM user '$SCRAM_USER' (output above, also in $STATE_DIR/scram.log)"
+        fi
+    done
+    echo "$want" >"$SCRAM_STAMP"
+}
+
+# print_addresses: where clients connect (the first line is what callers have always parsed).
+print_addresses() {
+    echo "bootstrap servers: $HOST:$PORT"
+    if [[ -n "$SSL_PORT" ]]; then
+        echo "ssl bootstrap servers: $HOST:$SSL_PORT (security_protocol=SSL, ssl_cafile=$CA_FILE)"
+    fi
+    if [[ -n "$SASL_PORT" ]]; then
+        echo "sasl_ssl bootstrap servers: $HOST:$SASL_PORT (security_protocol=SASL_SSL," \
+            "sasl_mechanism=SCRAM-SHA-512 or SCRAM-SHA-256, user $SCRAM_USER, ssl_cafile=$CA_FILE)"
+    fi
+}
+
 ensure_libs() {
     local want
     want="$(pom_hash)"
@@ -191,11 +366,11 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
+listeners=$(listeners_value)
+advertised.listeners=$(advertised_value)
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$(protocol_map)
 log.dirs=$DATA_DIR
 
 # One broker: every internal topic has a single replica.
@@ -214,6 +389,25 @@ num.partitions=1
 default.replication.factor=1
 group.initial.rebalance.delay.ms=0
 EOF
+    if secure; then
+        cat >>"$PROPS.tmp" <<EOF
+
+# Secure listeners (KAFKA_SSL_PORT / KAFKA_SASL_PORT): TLS without client certificates.
+ssl.keystore.type=PEM
+ssl.keystore.location=$SERVER_KEYSTORE
+ssl.client.auth=none
+EOF
+    fi
+    if [[ -n "$SASL_PORT" ]]; then
+        local mechanism
+        cat >>"$PROPS.tmp" <<EOF
+# SASL_SSL: SCRAM users live in the cluster metadata (StorageTool --add-scram, kafka-configs).
+sasl.enabled.mechanisms=$(IFS=,; echo "${SCRAM_MECHANISMS[*]}")
+EOF
+        for mechanism in "${SCRAM_MECHANISMS[@]}"; do
+            echo "listener.name.sasl_ssl.${mechanism,,}.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;" >>"$PROPS.tmp"
+        done
+    fi
     mv "$PROPS.tmp" "$PROPS"
 
     cat >"$LOG4J_CONF" <<'EOF'
@@ -238,8 +432,15 @@ format_storage() {
         return 0
     fi
     log "formatting KRaft storage in $DATA_DIR"
-    local cluster_id tool_opts=(-Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC
-        "-Dlog4j2.configurationFile=$LOG4J_CONF" -Dkafka.root.logger.level=WARN -cp "$LIBS_DIR/*")
+    local cluster_id tool_opts=() scram=() mechanism
+    mapfile -t tool_opts < <(tool_jvm_opts)
+    # New storage has no SCRAM users but those added here.
+    rm -f "$SCRAM_STAMP"
+    if [[ -n "$SASL_PORT" ]]; then
+        for mechanism in "${SCRAM_MECHANISMS[@]}"; do
+            scram+=(--add-scram "$mechanism=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]")
+        done
+    fi
     if [[ -s "$STATE_DIR/cluster.id" ]]; then
         cluster_id="$(cat "$STATE_DIR/cluster.id")"
     else
@@ -248,13 +449,26 @@ format_storage() {
         echo "$cluster_id" >"$STATE_DIR/cluster.id"
     fi
     if ! "$JAVA" "${tool_opts[@]}" "$STORAGE_TOOL_MAIN" format --ignore-formatted \
-            -t "$cluster_id" -c "$PROPS" >"$STATE_DIR/format.log" 2>&1; then
+            -t "$cluster_id" -c "$PROPS" ${scram[@]+"${scram[@]}"} >"$STATE_DIR/format.log" 2>&1; then
+        if [[ -n "$SASL_PORT" ]]; then
+            sed -i "s/$SCRAM_PASSWORD/***/g" "$STATE_DIR/format.log"
+        fi
         cat "$STATE_DIR/format.log" >&2
         die "formatting KRaft storage failed"
     fi
+    if [[ -n "$SASL_PORT" ]]; then
+        scram_fingerprint >"$SCRAM_STAMP"
+    fi
 }
 
-# wait_ready PID: wait until the port accepts connections and the log says the server started.
+all_ports_open() {
+    local p
+    for p in "$PORT" "${SECURE_PORTS[@]}"; do
+        port_open "$HOST" "$p" || return 1
+    done
+}
+
+# wait_ready PID: wait until the ports accept connections and the log says the server started.
 wait_ready() {
     local pid="$1" start now elapsed last_print=0
     start=$SECONDS
@@ -264,7 +478,7 @@ wait_ready() {
             err "the broker process (pid $pid) exited during startup"
             return 1
         fi
-        if port_open "$HOST" "$PORT" && grep -q "$STARTED_PATTERN" "$LOG_FILE" 2>/dev/null; then
+        if all_ports_open && grep -q "$STARTED_PATTERN" "$LOG_FILE" 2>/dev/null; then
             return 0
         fi
         if ((elapsed >= START_TIMEOUT)); then
@@ -346,28 +560,30 @@ cmd_up() {
         external_check
         return 0
     fi
+    check_secure_settings
     take_lock
 
     local pid
-    if pid="$(broker_pid)" \
-        && ! grep -qx "listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT" "$PROPS"; then
-        log "broker (pid $pid) is running with other ports ($(sed -n 's/^listeners=//p' "$PROPS")); restarting it"
+    if pid="$(broker_pid)" && ! grep -qxF "listeners=$(listeners_value)" "$PROPS"; then
+        log "broker (pid $pid) is running with other listeners ($(sed -n 's/^listeners=//p' "$PROPS")); restarting it"
         stop_pid "$pid" || true
         cds_finish 0
         rm -f "$PID_FILE"
         pid=""
     fi
     if [[ -n "$pid" ]]; then
-        if port_open "$HOST" "$PORT"; then
+        if all_ports_open; then
             log "broker already running (pid $pid), reusing it at $HOST:$PORT"
-            echo "bootstrap servers: $HOST:$PORT"
+            ensure_scram_user
+            print_addresses
             return 0
         fi
         # Ours but not listening (yet): give it the usual time, else restart it.
         log "broker process $pid is running but $HOST:$PORT is not open yet; waiting"
         if wait_ready "$pid"; then
             log "broker running (pid $pid) at $HOST:$PORT"
-            echo "bootstrap servers: $HOST:$PORT"
+            ensure_scram_user
+            print_addresses
             return 0
         fi
         log "restarting broker process $pid"
@@ -380,14 +596,17 @@ cmd_up() {
     fi
 
     local p
-    for p in "$PORT" "$CONTROLLER_PORT"; do
+    for p in "$PORT" "$CONTROLLER_PORT" "${SECURE_PORTS[@]}"; do
         if port_open "$HOST" "$p"; then
-            die "port $HOST:$p is already in use by another process (not a broker started from $STATE_DIR); stop it, choose other ports with KAFKA_PORT / KAFKA_CONTROLLER_PORT, or set KAFKA_BOOTSTRAP_SERVERS to use an existing Kafka"
+            die "port $HOST:$p is already in use by another process (not a broker started from $STATE_DIR); stop it, choose other ports with KAFKA_PORT / KAFKA_CONTROLLER_PORT$(secure && echo " / KAFKA_SSL_PORT / KAFKA_SASL_PORT"), or set KAFKA_BOOTSTRAP_SERVERS to use an existing Kafka"
         fi
     done
 
     check_java
     ensure_libs
+    if secure; then
+        ensure_tls
+    fi
     write_config
     format_storage
 
@@ -395,7 +614,7 @@ cmd_up() {
     local cds=()
     mapfile -t cds < <(cds_opts)
     local t0=${EPOCHREALTIME/,/.}
-    log "starting Kafka $KAFKA_VERSION broker on $HOST:$PORT (controller $HOST:$CONTROLLER_PORT)"
+    log "starting Kafka $KAFKA_VERSION broker on $HOST:$PORT (controller $HOST:$CONTROLLER_PORT)${SSL_PORT:+, SSL on $HOST:$SSL_PORT}${SASL_PORT:+, SASL_SSL on $HOST:$SASL_PORT}"
     # setsid + nohup: own session, so the broker outlives the calling shell and its process
     # group. Its stdio goes to the log, and the lock fd 9 is closed, so callers that capture
     # our output (subprocess pipes) and other 'up' calls are not held up by it.
@@ -414,7 +633,8 @@ cmd_up() {
     fi
     log "broker started in $(awk -v a="$t0" -v b="${EPOCHREALTIME/,/.}" 'BEGIN { printf "%.1f", b - a }')s (pid $pid)"
     log "log: $LOG_FILE"
-    echo "bootstrap servers: $HOST:$PORT"
+    ensure_scram_user
+    print_addresses
 }
 
 cmd_down() {

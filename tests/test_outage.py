@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,39 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
 from tests import procs
+from tests.brokers import Broker
 
 pytestmark = pytest.mark.kafka
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    def __init__(self, state: Path) -> None:
-        self.port, self.controller = _free_port(), _free_port()
-        self.env = {**os.environ, "KAFKA_STATE_DIR": str(state), "KAFKA_PORT": str(self.port),
-                    "KAFKA_CONTROLLER_PORT": str(self.controller)}
-        self.env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-        # Reuse the jars the main broker fetched.
-        main_libs = procs.REPO / ".kafka" / "libs"
-        if main_libs.is_dir() and not (state / "libs").exists():
-            state.mkdir(parents=True, exist_ok=True)
-            (state / "libs").symlink_to(main_libs)
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def up(self) -> None:
-        subprocess.run(["bash", "kafka/broker.sh", "up"], cwd=procs.REPO, env=self.env, check=True,
-                       capture_output=True, timeout=120)
-
-    def down(self) -> None:
-        subprocess.run(["bash", "kafka/broker.sh", "down"], cwd=procs.REPO, env=self.env, check=True,
-                       capture_output=True, timeout=120)
 
 
 @pytest.fixture
