@@ -167,9 +167,20 @@ def _scalar(text: str) -> Any:
 
 
 def _masked(name: str, value: Any) -> str:
-    if value is not None and any(word in name.lower() for word in _SECRET_WORDS):
+    if value is not None and _secret(name):
         return "***"
+    if name == "kafka_option" and value:  # KEY=VALUE items: each is masked by its key
+        return repr([_masked_option(item) for item in value])
     return repr(value)
+
+
+def _masked_option(item: str) -> str:
+    key, sep, _ = item.partition("=")
+    return f"{key}=***" if sep and _secret(key) else item
+
+
+def _secret(name: str) -> bool:
+    return any(word in name.lower() for word in _SECRET_WORDS)
 
 
 def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:

@@ -200,8 +200,6 @@ def test_server_certificate_from_another_ca_fails_the_tls_handshake(secure: Secu
                            "[SSL: CERTIFICATE_VERIFY_FAILED]"), line
 
 
-@pytest.mark.xfail(strict=True, reason="adapter/cli.py prints the raw kafka_option list in --print-config, "
-                   "so a password given by --kafka-option or KAFKA_RPC_KAFKA_OPTION shows unmasked")
 @pytest.mark.parametrize("where", ["flag", "env"])
 def test_print_config_masks_a_password_given_as_kafka_option(where: str) -> None:
     option = f"sasl_plain_password={PASSWORD}"
