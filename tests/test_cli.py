@@ -37,6 +37,8 @@ def test_help_lists_settings_with_defaults(module: str) -> None:
         (["handlers", "tests.kitchen_service"], "must be MODULE:ATTR"),
         (["handlers", "tests.kitchen_service:os"], "is not a generated *Servicer"),
         (["handlers", "tests.kitchen_service:Kitchen", "--concurrency", "0"], "concurrency must be positive"),
+        (["handlers", "tests.kitchen_service:Kitchen", "--transactional-id", "h1"],
+         "transactional_id: needs exactly_once"),
     ],
 )
 def test_bad_settings_give_one_clear_line(args: list[str], message: str) -> None:
