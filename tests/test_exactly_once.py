@@ -118,9 +118,10 @@ def test_kill_9_mid_flight_commits_each_reply_once(kafka_bootstrap: str, prefix:
         with grpc.insecure_channel(address) as channel:
             kitchen = kitchen_pb2_grpc.KitchenStub(channel)
             started = time.monotonic()
-            futures = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=0.3), timeout=90) for _ in range(150)]
-            echoes = [kitchen.Echo.future(kitchen_pb2.Everything(number=i), timeout=90) for i in range(150)]
-            time.sleep(1.0)
+            # Each handler runs 16 calls at a time: most of these wait in Kafka when one dies.
+            futures = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=0.5), timeout=90) for _ in range(200)]
+            echoes = [kitchen.Echo.future(kitchen_pb2.Everything(number=i), timeout=90) for i in range(200)]
+            time.sleep(0.7)
             done_before = sum(f.done() for f in futures + echoes)
             first.popen.send_signal(signal.SIGKILL)
             first.popen.wait()
@@ -133,7 +134,7 @@ def test_kill_9_mid_flight_commits_each_reply_once(kafka_bootstrap: str, prefix:
                   f"{codes.count(grpc.StatusCode.OK)} OK, all done after {took:.1f}s")
             assert done_before < len(codes) / 2, "too few calls were in flight at the kill"
             assert codes == [grpc.StatusCode.OK] * len(codes)
-            assert [f.result().number for f in echoes] == list(range(150))
+            assert [f.result().number for f in echoes] == list(range(200))
         for proc in (second, restarted):
             proc.popen.send_signal(signal.SIGTERM)
             assert proc.popen.wait(30) == 0
