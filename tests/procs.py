@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+
 REPO = Path(__file__).resolve().parent.parent
 #: Every process started, so the session can stop what a failed test left running.
 STARTED: list[Proc] = []
@@ -103,3 +105,12 @@ def handler(log: Path, bootstrap: str, prefix: str, *extra: str, env: dict[str, 
         proc.stop()
         raise
     return proc
+
+
+def status_of(future: grpc.Future) -> grpc.StatusCode:
+    """The status a gRPC call future ended with (waiting for it)."""
+    try:
+        future.result()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as exc:
+        return exc.code()

@@ -25,12 +25,10 @@ pytestmark = pytest.mark.kafka
 KITCHEN = ["tests.kitchen_service:Kitchen"]
 
 
-def _code(future: grpc.Future) -> grpc.StatusCode:
-    try:
-        future.result()
-        return grpc.StatusCode.OK
-    except grpc.RpcError as exc:
-        return exc.code()
+def _handler(tmp_path: Path, log: str, bootstrap: str, prefix: str, transactional_id: str) -> procs.Proc:
+    """A handler process serving the Kitchen in the exactly-once mode."""
+    return procs.handler(tmp_path / f"{log}.log", bootstrap, prefix, "--exactly-once",
+                         "--transactional-id", f"{prefix}{transactional_id}", targets=KITCHEN)
 
 
 def _replies(bootstrap: str, topic: str, isolation: str) -> Counter[bytes]:
@@ -76,8 +74,7 @@ def _committed(bootstrap: str, group: str, topic: str) -> tuple[dict[TopicPartit
 
 def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
-    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, "--exactly-once",
-                           "--transactional-id", f"{prefix}h1", targets=KITCHEN)
+    worker = _handler(tmp_path, "h", kafka_bootstrap, prefix, "h1")
     try:
         with grpc.insecure_channel(address) as channel:
             kitchen = kitchen_pb2_grpc.KitchenStub(channel)
@@ -93,7 +90,7 @@ def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, 
             quick = [kitchen.Echo.future(kitchen_pb2.Everything(number=i), timeout=30) for i in range(20)]
             assert [f.result().number for f in quick] == list(range(20))
             assert not slow.done(), "the quick calls were answered while the slow one ran"
-            assert _code(slow) == grpc.StatusCode.OK
+            assert procs.status_of(slow) == grpc.StatusCode.OK
         worker.popen.send_signal(signal.SIGTERM)
         assert worker.popen.wait(30) == 0
         output = worker.output()
@@ -109,10 +106,8 @@ def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, 
 
 def test_kill_9_mid_flight_commits_each_reply_once(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
-    first = procs.handler(tmp_path / "h1.log", kafka_bootstrap, prefix, "--exactly-once",
-                          "--transactional-id", f"{prefix}h1", targets=KITCHEN)
-    second = procs.handler(tmp_path / "h2.log", kafka_bootstrap, prefix, "--exactly-once",
-                           "--transactional-id", f"{prefix}h2", targets=KITCHEN)
+    first = _handler(tmp_path, "h1", kafka_bootstrap, prefix, "h1")
+    second = _handler(tmp_path, "h2", kafka_bootstrap, prefix, "h2")
     restarted = None
     try:
         with grpc.insecure_channel(address) as channel:
@@ -126,9 +121,8 @@ def test_kill_9_mid_flight_commits_each_reply_once(kafka_bootstrap: str, prefix:
             first.popen.send_signal(signal.SIGKILL)
             first.popen.wait()
             # The same transactional id fences the dead process and aborts its open transaction at once.
-            restarted = procs.handler(tmp_path / "h1b.log", kafka_bootstrap, prefix, "--exactly-once",
-                                      "--transactional-id", f"{prefix}h1", targets=KITCHEN)
-            codes = [_code(f) for f in futures + echoes]
+            restarted = _handler(tmp_path, "h1b", kafka_bootstrap, prefix, "h1")
+            codes = [procs.status_of(f) for f in futures + echoes]
             took = time.monotonic() - started
             print(f"exactly-once, kill -9 with {len(codes) - done_before} of {len(codes)} calls in flight: "
                   f"{codes.count(grpc.StatusCode.OK)} OK, all done after {took:.1f}s")
@@ -159,8 +153,7 @@ def test_a_fenced_handler_aborts_rewinds_and_answers_each_call_once(kafka_bootst
     from kafka import KafkaProducer
 
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
-    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, "--exactly-once",
-                           "--transactional-id", f"{prefix}h1", targets=KITCHEN)
+    worker = _handler(tmp_path, "h", kafka_bootstrap, prefix, "h1")
     try:
         with grpc.insecure_channel(address) as channel:
             kitchen = kitchen_pb2_grpc.KitchenStub(channel)
@@ -170,7 +163,7 @@ def test_a_fenced_handler_aborts_rewinds_and_answers_each_call_once(kafka_bootst
             intruder = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{prefix}h1")
             intruder.init_transactions()  # bumps the epoch: the handler's producer is fenced
             intruder.close()
-            assert [_code(f) for f in futures + echoes] == [grpc.StatusCode.OK] * 140
+            assert [procs.status_of(f) for f in futures + echoes] == [grpc.StatusCode.OK] * 140
             assert [f.result().number for f in echoes] == list(range(100))
         worker.popen.send_signal(signal.SIGTERM)
         assert worker.popen.wait(30) == 0

@@ -18,14 +18,6 @@ pytestmark = pytest.mark.kafka
 KITCHEN = ["tests.kitchen_service:Kitchen"]
 
 
-def _code(future: grpc.Future) -> grpc.StatusCode:
-    try:
-        future.result()
-        return grpc.StatusCode.OK
-    except grpc.RpcError as exc:
-        return exc.code()
-
-
 def test_kill_9_of_one_handler_loses_no_call(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
     first = procs.handler(tmp_path / "h1.log", kafka_bootstrap, prefix, targets=KITCHEN)
@@ -41,7 +33,7 @@ def test_kill_9_of_one_handler_loses_no_call(kafka_bootstrap: str, prefix: str, 
             time.sleep(1.0)
             done_before = sum(f.done() for f in futures + echoes)
             first.popen.send_signal(signal.SIGKILL)
-            codes = [_code(f) for f in futures + echoes]
+            codes = [procs.status_of(f) for f in futures + echoes]
             took = time.monotonic() - started
             print(f"kill -9 with {len(codes) - done_before} of {len(codes)} calls in flight: "
                   f"{codes.count(grpc.StatusCode.OK)} OK, all done after {took:.1f}s")
@@ -65,7 +57,7 @@ def test_sigterm_on_a_handler_finishes_replies_and_commits(kafka_bootstrap: str,
             futures = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=1.5), timeout=30) for _ in range(10)]
             time.sleep(0.7)  # the calls are running in the handler
             worker.popen.send_signal(signal.SIGTERM)
-            assert [_code(f) for f in futures] == [grpc.StatusCode.OK] * 10
+            assert [procs.status_of(f) for f in futures] == [grpc.StatusCode.OK] * 10
         assert worker.popen.wait(30) == 0
         assert "finishing 10 calls in progress" in worker.output()
         topic = f"{prefix}rpctest.v1.Kitchen"
@@ -94,7 +86,7 @@ def test_sigterm_on_a_frontend_drains_calls_in_flight(kafka_bootstrap: str, pref
             futures = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=1.0), timeout=30) for _ in range(10)]
             time.sleep(0.3)
             front.popen.send_signal(signal.SIGTERM)
-            assert [_code(f) for f in futures] == [grpc.StatusCode.OK] * 10
+            assert [procs.status_of(f) for f in futures] == [grpc.StatusCode.OK] * 10
             assert front.popen.wait(30) == 0
             with pytest.raises(grpc.RpcError) as info:
                 kitchen.Nothing(empty_pb2.Empty(), timeout=3)
@@ -114,7 +106,7 @@ def test_a_killed_frontend_fails_its_calls_and_a_new_one_serves(kafka_bootstrap:
             futures = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=2.0), timeout=30) for _ in range(10)]
             time.sleep(0.5)
             front.popen.send_signal(signal.SIGKILL)
-            assert {_code(f) for f in futures} == {grpc.StatusCode.UNAVAILABLE}
+            assert {procs.status_of(f) for f in futures} == {grpc.StatusCode.UNAVAILABLE}
         # A new instance takes the reply partitions over; the dead one's late replies find no caller.
         again, address = procs.frontend(tmp_path / "f2.log", kafka_bootstrap, prefix, reply_topic=reply_topic)
         try:
@@ -160,7 +152,7 @@ def test_limits_give_resource_exhausted_at_once(kafka_bootstrap: str, prefix: st
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert str(1 << 20) in info.value.details()
             futures = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=1.0), timeout=20) for _ in range(20)]
-            codes = [_code(f) for f in futures]
+            codes = [procs.status_of(f) for f in futures]
             assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 10
             assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
     finally:
