@@ -91,6 +91,13 @@ def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, 
             assert [f.result().number for f in quick] == list(range(20))
             assert not slow.done(), "the quick calls were answered while the slow one ran"
             assert procs.status_of(slow) == grpc.StatusCode.OK
+            # Streams: their messages go out in whichever transaction is open.
+            items = [item.i for item in kitchen.CountUp(kitchen_pb2.Count(n=500), timeout=30)]
+            assert items == list(range(500))
+            chat = kitchen.Chat(iter([kitchen_pb2.Item(i=i) for i in range(50)]), timeout=30)
+            assert [item.i for item in chat] == [2 * i for i in range(50)]
+            summary = kitchen.Collect(iter([kitchen_pb2.Item(i=i, data=b"ab") for i in range(300)]), timeout=30)
+            assert (summary.count, summary.total_bytes) == (300, 600)
         worker.popen.send_signal(signal.SIGTERM)
         assert worker.popen.wait(30) == 0
         output = worker.output()
@@ -98,7 +105,7 @@ def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, 
         committed, ends = _committed(kafka_bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
         assert committed == ends
         replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
-        assert sum(replies.values()) == 123 and set(replies.values()) == {1}
+        assert sum(replies.values()) == 126 and set(replies.values()) == {1}  # 123 unary, 3 streams
     finally:
         worker.stop()
         front.stop()
@@ -177,3 +184,32 @@ def test_a_fenced_handler_aborts_rewinds_and_answers_each_call_once(kafka_bootst
     finally:
         worker.stop()
         front.stop()
+
+
+def test_a_handler_joining_mid_flight_takes_partitions_without_double_replies(kafka_bootstrap: str, prefix: str,
+                                                                             tmp_path: Path) -> None:
+    """A graceful rebalance: the first handler commits its transaction as its partitions are revoked."""
+    front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
+    first = _handler(tmp_path, "h1", kafka_bootstrap, prefix, "h1")
+    second = None
+    try:
+        with grpc.insecure_channel(address) as channel:
+            kitchen = kitchen_pb2_grpc.KitchenStub(channel)
+            futures = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=0.2), timeout=90) for _ in range(100)]
+            echoes = [kitchen.Echo.future(kitchen_pb2.Everything(number=i), timeout=90) for i in range(300)]
+            second = _handler(tmp_path, "h2", kafka_bootstrap, prefix, "h2")
+            more = [kitchen.Echo.future(kitchen_pb2.Everything(number=i), timeout=90) for i in range(100)]
+            assert [procs.status_of(f) for f in futures + echoes + more] == [grpc.StatusCode.OK] * 500
+            assert [f.result().number for f in echoes] == list(range(300))
+        assert "partitions revoked" in first.output()
+        for proc in (first, second):
+            proc.popen.send_signal(signal.SIGTERM)
+            assert proc.popen.wait(30) == 0
+        committed, ends = _committed(kafka_bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
+        assert committed == ends
+        replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
+        assert sum(replies.values()) == 500 and set(replies.values()) == {1}
+    finally:
+        for proc in (first, second, front):
+            if proc is not None:
+                proc.stop()
