@@ -490,3 +490,44 @@ def sent_request(bootstrap: str, topic: str, method: str) -> wire.Request:
     finally:
         consumer.close()
     raise AssertionError(f"no {method} request on {topic}")
+
+
+CHANNEL_APP = """
+import os, sys
+from opentelemetry import trace
+from adapter.channel import KafkaChannel
+from adapter.tracing import configure
+from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
+
+configure("channel-app", os.environ)
+bootstrap, prefix = sys.argv[1:3]
+with KafkaChannel.connect([kitchen_pb2_grpc.KitchenStub], bootstrap_servers=bootstrap, topic_prefix=prefix,
+                          reply_topic=prefix + "replies", reply_partitions=4) as channel:
+    kitchen = kitchen_pb2_grpc.KitchenStub(channel)
+    with trace.get_tracer("app").start_as_current_span("caller"):
+        assert kitchen.Echo(kitchen_pb2.Everything(number=5), timeout=20).number == 5
+        assert kitchen.Echo.future(kitchen_pb2.Everything(number=6), timeout=20).result().number == 6
+trace.get_tracer_provider().shutdown()
+"""
+
+
+@pytest.mark.kafka
+def test_a_blocking_kafka_channel_carries_the_callers_span(kafka_bootstrap: str, prefix: str, tmp_path: Path,
+                                                           collector: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The channel runs calls on its own loop thread; they must still see the caller's current span.
+    for name, value in {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+                        "OTEL_BSP_SCHEDULE_DELAY": "100"}.items():
+        monkeypatch.setenv(name, value)
+    worker = procs.handler(tmp_path / "handler.log", kafka_bootstrap, prefix, targets=["tests.test_tracing:TracedKitchen"])
+    try:
+        done = subprocess.run([sys.executable, "-c", CHANNEL_APP, kafka_bootstrap, prefix], cwd=procs.REPO,
+                              env=procs.child_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        caller = collector.wait_for("caller", 1)[0].span
+        clients = [s.span for s in collector.wait_for("rpctest.v1.Kitchen/Echo", 4) if s.span.kind == 3]  # CLIENT
+        servers = [s.span for s in collector.named("rpctest.v1.Kitchen/Echo") if s.span.kind == 2]  # SERVER
+    finally:
+        assert worker.stop() == 0, worker.output()
+    assert len(clients) == 2 and len(servers) == 2
+    assert all(c.parent_span_id == caller.span_id and c.trace_id == caller.trace_id for c in clients)
+    assert sorted(s.parent_span_id for s in servers) == sorted(c.span_id for c in clients)
