@@ -73,6 +73,10 @@ CANCEL = "cancel"  # request: the caller is gone; stop and send nothing more
 _FRAME_KINDS = frozenset({MESSAGE, HALF_CLOSE, CANCEL})
 
 #: Metadata keys that describe the HTTP/2 transport of one hop, not the call itself.
+#: W3C trace context as plain record headers, as Kafka instrumentations write them (Spring's
+#: Micrometer tracing, OpenTelemetry's kafka-clients instrumentation): a request without the
+#: same keys in its rpc-md-* metadata takes them from there.
+TRACE_HEADERS = ("traceparent", "tracestate")
 _HOP_METADATA = frozenset(
     {"grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "content-type", "te"}
 )
@@ -150,7 +154,7 @@ class Request:
             reply_topic=_text(last, REPLY_TOPIC) or None,  # empty: no reply wanted
             reply_partition=reply_partition,
             deadline=deadline,
-            metadata=_decode_metadata(METADATA_PREFIX, headers),
+            metadata=_with_trace_headers(_decode_metadata(METADATA_PREFIX, headers), last),
             payload=value or b"",
             opens_stream=last.get(KIND) == OPEN.encode(),
             idempotency_key=last.get(IDEMPOTENCY_KEY),
@@ -232,6 +236,20 @@ class Frame:
             except (UnicodeDecodeError, ValueError):
                 raise MalformedRecord(f"{SEQ} must be a decimal sequence number") from None
         return cls(correlation_id=correlation_id, kind=kind, seq=seq, payload=value or b"")
+
+
+def _with_trace_headers(metadata: Metadata, last: dict[str, bytes]) -> Metadata:
+    if any(key == TRACE_HEADERS[0] for key, _ in metadata) or TRACE_HEADERS[0] not in last:
+        return metadata
+    found = []
+    for name in TRACE_HEADERS:
+        try:
+            text = last[name].decode("ascii") if name in last else ""
+        except UnicodeDecodeError:
+            return metadata  # not W3C trace context: someone else's header, not ours to refuse
+        if text:
+            found.append((name, text))
+    return (*metadata, *found)
 
 
 def decode_request(headers: Headers | None, value: bytes | None) -> Request | Frame:

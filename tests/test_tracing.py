@@ -531,3 +531,25 @@ def test_a_blocking_kafka_channel_carries_the_callers_span(kafka_bootstrap: str,
     assert len(clients) == 2 and len(servers) == 2
     assert all(c.parent_span_id == caller.span_id and c.trace_id == caller.trace_id for c in clients)
     assert sorted(s.parent_span_id for s in servers) == sorted(c.span_id for c in clients)
+
+
+def test_a_plain_traceparent_record_header_parents_the_handler_span(provider: Provider) -> None:
+    # A Spring requester with tracing on writes W3C trace context as plain record headers.
+    from adapter.tracing import Tracing
+    from handlers.dispatcher import Dispatcher
+    from handlers.registry import collect
+
+    tracer_provider, exporter = provider
+    headers = [(wire.CORRELATION_ID, b"s" * 16), (wire.METHOD, b"/rpctest.v1.Kitchen/Nothing"),
+               ("traceparent", TRACEPARENT.encode())]
+    request = wire.decode_request(headers, b"")
+    assert isinstance(request, wire.Request)
+    dispatcher = Dispatcher(collect([TracedKitchen(tracer_provider)])[0], 1, tracing=Tracing(tracer_provider))
+    try:
+        reply = asyncio.run(dispatcher.handle(request, "kafka:t/0@1"))
+    finally:
+        dispatcher.close()
+    assert reply is not None and reply.code is grpc.StatusCode.OK
+    handler = one(list(exporter.get_finished_spans()), SpanKind.SERVER)
+    assert handler.parent is not None and handler.parent.span_id == CLIENT_SPAN_ID
+    assert handler.context is not None and handler.context.trace_id == TRACE_ID

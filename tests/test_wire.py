@@ -299,3 +299,18 @@ def test_decode_raises_only_malformed_record(headers: list[tuple[str, bytes]] | 
 def test_an_empty_reply_topic_means_no_reply() -> None:
     headers = [(wire.CORRELATION_ID, CID), (wire.METHOD, b"/p.S/M"), (wire.REPLY_TOPIC, b"")]
     assert Request.decode(headers, b"").reply_topic is None
+
+
+def test_plain_trace_context_headers_count_as_metadata() -> None:
+    # What Spring's (Micrometer) and OpenTelemetry's Kafka instrumentations write on a record.
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = [(wire.CORRELATION_ID, b"c" * 16), ("traceparent", parent.encode()), ("tracestate", b"v=1")]
+    request = wire.decode_request(headers, b"")
+    assert isinstance(request, wire.Request)
+    assert request.metadata == (("traceparent", parent), ("tracestate", "v=1"))
+    # rpc-md-traceparent wins: it is the frontend's span, the plain header an outer hop's.
+    ours = wire.decode_request([*headers, ("rpc-md-traceparent", b"00-ours")], b"")
+    assert isinstance(ours, wire.Request) and ours.metadata == (("traceparent", "00-ours"),)
+    # Someone else's undecodable header is ignored, not refused.
+    odd = wire.decode_request([(wire.CORRELATION_ID, b"c" * 16), ("traceparent", b"\xff\xfe")], b"")
+    assert isinstance(odd, wire.Request) and odd.metadata == ()
