@@ -10,13 +10,15 @@ raw messages, see `handlers.calls`) and hand each response message to `emit`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -30,6 +32,7 @@ from handlers.registry import Method
 log = logging.getLogger(__name__)
 
 Emit = Callable[[bytes], Awaitable[None]]
+T = TypeVar("T")
 _DONE = object()
 
 
@@ -93,26 +96,45 @@ class Dispatcher:
             except Exception as exc:
                 return self._refuse(request, grpc.StatusCode.INVALID_ARGUMENT,
                                     f"cannot decode request of {request.method}: {exc}")
-        async with self._slots:
-            remaining = request.time_remaining()
-            if remaining is not None and remaining <= 0:
-                self.expired += 1
-                self.metrics.calls_expired.inc()
-                log.debug("skipped %s: deadline passed %.3fs ago", request.method, -remaining)
-                return None
-            self.running += 1
-            started = time.perf_counter()
-            code = grpc.StatusCode.CANCELLED  # unless _run returns
-            try:
-                reply = await self._run(method, argument, context, emit, span)
-                code = reply.code
-            finally:
-                self.running -= 1
-                if context.cancelled:  # `Calls.cancel` set why: caller gone, deadline passed, partition moved
-                    code = context.code() or grpc.StatusCode.CANCELLED
-                self.metrics.method(request.method).observe(code, time.perf_counter() - started)
+        await self._slots.acquire()
+        remaining = request.time_remaining()
+        if remaining is not None and remaining <= 0:
+            self._slots.release()
+            self.expired += 1
+            self.metrics.calls_expired.inc()
+            log.debug("skipped %s: deadline passed %.3fs ago", request.method, -remaining)
+            return None
+        self.running += 1
+        slot = _Slot()
+        started = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED  # unless _run returns
+        try:
+            reply = await self._run(method, argument, context, emit, span, slot)
+            code = reply.code
+        finally:
+            if context.cancelled:  # `Calls.cancel` set why: caller gone, deadline passed, partition moved
+                code = context.code() or grpc.StatusCode.CANCELLED
+            self.metrics.method(request.method).observe(code, time.perf_counter() - started)
+            thread = slot.thread
+            if thread is not None and not thread.done():
+                # A cancelled def handler runs on (Python cannot stop a thread): it keeps its
+                # slot until it returns, so the limit holds for the calls that come next.
+                thread.add_done_callback(self._freer(asyncio.get_running_loop()))
+            else:
+                self._free()
         context.run_callbacks()
         return reply
+
+    def _free(self) -> None:
+        self.running -= 1
+        self._slots.release()
+
+    def _freer(self, loop: asyncio.AbstractEventLoop) -> Callable[[Any], None]:
+        def on_thread_done(_: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is stopping
+                loop.call_soon_threadsafe(self._free)
+
+        return on_thread_done
 
     def _refuse(self, request: wire.Request, code: grpc.StatusCode, message: str) -> wire.Reply:
         """A call answered without running: unknown method, wrong kind of call, undecodable request."""
@@ -120,7 +142,7 @@ class Dispatcher:
         return wire.Reply(correlation_id=request.correlation_id, code=code, message=message)
 
     async def _run(self, method: Method, argument: Any, context: HandlerContext, emit: Emit | None,
-                   span: CallSpan) -> wire.Reply:
+                   span: CallSpan, slot: _Slot) -> wire.Reply:
         loop = asyncio.get_running_loop()
         if not inspect.iscoroutinefunction(method.func) and not inspect.isasyncgenfunction(method.func) \
                 and isinstance(argument, _decoded):
@@ -132,12 +154,12 @@ class Dispatcher:
             if inspect.iscoroutinefunction(method.func) or inspect.isasyncgenfunction(method.func):
                 result = method.func(argument, context)
             else:
-                result = await loop.run_in_executor(self._threads, variables.run, method.func, argument, context)
+                result = await slot.in_thread(self._threads, variables.run, method.func, argument, context)
             if inspect.isawaitable(result):
                 result = await result
             if method.server_streaming:
                 assert emit is not None
-                await self._stream(method, result, emit, loop, variables)
+                await self._stream(method, result, emit, variables, slot)
                 result = _DONE
         except Exception as exc:
             if not context.aborted:
@@ -158,8 +180,8 @@ class Dispatcher:
             return context.reply(None)
         return context.reply(payload)
 
-    async def _stream(self, method: Method, responses: Any, emit: Emit, loop: asyncio.AbstractEventLoop,
-                      variables: contextvars.Context) -> None:
+    async def _stream(self, method: Method, responses: Any, emit: Emit, variables: contextvars.Context,
+                      slot: _Slot) -> None:
         if responses is None:
             return
         if hasattr(responses, "__aiter__"):
@@ -170,7 +192,7 @@ class Dispatcher:
         try:
             while True:
                 # The handler's generator may block (sleep, read its requests): run it on a thread.
-                message = await loop.run_in_executor(self._threads, variables.run, _next, iterator)
+                message = await slot.in_thread(self._threads, variables.run, _next, iterator)
                 if message is _DONE:
                     return
                 await emit(method.response_serializer(message))
@@ -181,6 +203,17 @@ class Dispatcher:
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+class _Slot:
+    """One call's concurrency slot, and the thread its def handler last ran on."""
+
+    def __init__(self) -> None:
+        self.thread: concurrent.futures.Future[Any] | None = None
+
+    async def in_thread(self, threads: ThreadPoolExecutor, func: Callable[..., T], *args: Any) -> T:
+        self.thread = threads.submit(func, *args)
+        return await asyncio.wrap_future(self.thread)
 
 
 class _decoded:

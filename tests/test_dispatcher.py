@@ -397,3 +397,43 @@ def test_load_target() -> None:
 def test_load_target_bad_spec_is_a_config_error(spec: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_target(spec)
+
+
+def test_a_cancelled_def_handler_keeps_its_slot_until_its_thread_returns() -> None:
+    # Python cannot stop the thread of a cancelled def handler: it still counts against the limit.
+    events: list[str] = []
+    released = threading.Event()
+
+    def stubborn(req: Any, ctx: Any) -> Any:
+        events.append("def started")
+        released.wait(10)
+        events.append("def returned")
+        return empty_pb2.Empty()
+
+    async def quick(req: Any, ctx: Any) -> Any:
+        events.append("async started")
+        return empty_pb2.Empty()
+
+    methods = {**registry_of("Nothing", stubborn), **registry_of("Whoami", quick)}
+
+    async def run() -> wire.Reply | None:
+        dispatcher = Dispatcher(methods, concurrency=1)
+        try:
+            first = asyncio.create_task(dispatcher.handle(request("/rpctest.v1.Kitchen/Nothing"), PEER))
+            while dispatcher.running == 0 or "def started" not in events:
+                await asyncio.sleep(0.01)
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            assert dispatcher.running == 1, "the thread still runs"
+            second = asyncio.create_task(dispatcher.handle(request("/rpctest.v1.Kitchen/Whoami"), PEER))
+            await asyncio.sleep(0.2)
+            assert not second.done() and "async started" not in events
+            released.set()
+            return await second
+        finally:
+            released.set()
+            dispatcher.close()
+
+    reply = asyncio.run(run())
+    assert reply is not None and reply.code is grpc.StatusCode.OK
+    assert events == ["def started", "def returned", "async started"]
