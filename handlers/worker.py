@@ -32,6 +32,7 @@ from adapter.kafka import ensure_topics, make_consumer, make_producer
 from adapter.logs import record_fields
 from adapter.metrics import HandlerMetrics
 from adapter.routing import Route
+from handlers.assignor import TopicBalancedAssignor
 from handlers.calls import Calls
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
@@ -98,8 +99,9 @@ class Worker(ConsumerRebalanceListener):
             make_consumer, kafka, group_id=self.config.group, auto_offset_reset="earliest",
             max_poll_records=self.config.max_pending,
             isolation_level="read_committed" if self.config.exactly_once else "read_uncommitted",
-            # The range assignor spreads every topic's partitions evenly over the processes;
-            # (cooperative-)sticky balances only the total, which can leave a busy topic on one.
+            # Every topic spread evenly over the processes, and a process joining or leaving
+            # moves only the partitions that must move (handlers.assignor).
+            partition_assignment_strategy=[TopicBalancedAssignor],
             session_timeout_ms=int(self.config.session_timeout * 1000),
             heartbeat_interval_ms=int(self.config.session_timeout * 1000 / 3),
         )

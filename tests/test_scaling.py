@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,3 +74,46 @@ def test_two_frontends_share_one_reply_topic(kafka_bootstrap: str, prefix: str, 
 
 def _owned(text: str) -> set[int]:
     return {int(p) for p in text.split(",") if p.strip()}
+
+
+def test_a_joining_handler_moves_only_its_share_and_other_streams_go_on(kafka_bootstrap: str, prefix: str,
+                                                                       tmp_path: Path) -> None:
+    """Cooperative rebalancing per topic (handlers.assignor): a process joining takes half of
+    each topic's partitions; streams on the partitions that stay are not interrupted."""
+    kitchen_only = ["tests.kitchen_service:Kitchen"]
+    front, address = procs.frontend(tmp_path / "frontend.log", kafka_bootstrap, prefix)
+    first = procs.handler(tmp_path / "h1.log", kafka_bootstrap, prefix, targets=kitchen_only)
+    second = None
+    topic = re.escape(f"{prefix}rpctest.v1.Kitchen")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            kitchen = kitchen_pb2_grpc.KitchenStub(channel)
+
+            def stream() -> tuple[grpc.StatusCode, int]:
+                # Keys are random correlation ids: 12 streams land on the 4 partitions at random.
+                items = 0
+                try:
+                    for _ in kitchen.CountUp(kitchen_pb2.Count(n=40, delay=0.1), timeout=60):
+                        items += 1
+                    return grpc.StatusCode.OK, items
+                except grpc.RpcError as exc:
+                    return exc.code(), items
+
+            with ThreadPoolExecutor(12) as pool:
+                streams = [pool.submit(stream) for _ in range(12)]
+                time.sleep(0.5)  # the streams are running
+                second = procs.handler(tmp_path / "h2.log", kafka_bootstrap, prefix, targets=kitchen_only)
+                outcomes = [s.result() for s in streams]
+        revoked = first.wait_for(r"partitions revoked: ([^\n]*)").group(1)
+        assigned = second.wait_for(r"partitions assigned: ([^\n]*)").group(1)
+    finally:
+        for proc in (second, first, front):
+            if proc is not None:
+                assert proc.stop() == 0, proc.output()
+    # Half of each topic moved, nothing else: the first process kept 2 of the 4 Kitchen partitions.
+    assert len(re.findall(rf"{topic}/\d", revoked)) == 2, revoked
+    assert len(re.findall(rf"{topic}/\d", assigned)) == 2, assigned
+    codes = [code for code, _ in outcomes]
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED}, outcomes
+    # Streams on the partitions that stayed ran to the end (all 12 on moving ones: odds 1 in 4,096).
+    assert (grpc.StatusCode.OK, 40) in outcomes, outcomes
