@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from adapter.aio_channel import REPLY_TOPIC, AioKafkaChannel, StreamStreamCall, StreamUnaryCall, UnaryStreamCall
+from adapter.aio_channel import REPLY_TOPIC, AioKafkaChannel
 from adapter.config import KafkaConfig
+from adapter.stub_calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall
 
 log = logging.getLogger(__name__)
 
