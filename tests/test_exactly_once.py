@@ -7,8 +7,10 @@ topic with a read_committed consumer and count the replies per correlation id.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -25,10 +27,10 @@ pytestmark = pytest.mark.kafka
 KITCHEN = ["tests.kitchen_service:Kitchen"]
 
 
-def _handler(tmp_path: Path, log: str, bootstrap: str, prefix: str, transactional_id: str) -> procs.Proc:
+def _handler(tmp_path: Path, log: str, bootstrap: str, prefix: str, transactional_id: str, *extra: str) -> procs.Proc:
     """A handler process serving the Kitchen in the exactly-once mode."""
     return procs.handler(tmp_path / f"{log}.log", bootstrap, prefix, "--exactly-once",
-                         "--transactional-id", f"{prefix}{transactional_id}", targets=KITCHEN)
+                         "--transactional-id", f"{prefix}{transactional_id}", *extra, targets=KITCHEN)
 
 
 def _replies(bootstrap: str, topic: str, isolation: str) -> Counter[bytes]:
@@ -74,7 +76,7 @@ def _committed(bootstrap: str, group: str, topic: str) -> tuple[dict[TopicPartit
 
 def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
-    worker = _handler(tmp_path, "h", kafka_bootstrap, prefix, "h1")
+    worker = _handler(tmp_path, "h", kafka_bootstrap, prefix, "h1", "--metrics-port", "0")
     try:
         with grpc.insecure_channel(address) as channel:
             kitchen = kitchen_pb2_grpc.KitchenStub(channel)
@@ -98,6 +100,13 @@ def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, 
             assert [item.i for item in chat] == [2 * i for i in range(50)]
             summary = kitchen.Collect(iter([kitchen_pb2.Item(i=i, data=b"ab") for i in range(300)]), timeout=30)
             assert (summary.count, summary.total_bytes) == (300, 600)
+        port = int(worker.wait_for(r"metrics on http://\S+:(\d+)/metrics").group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        committed_txns = re.search(r'^kafka_rpc_handler_transactions_total\{outcome="committed"\} (\S+)$', metrics, re.M)
+        commits_timed = re.search(r"^kafka_rpc_handler_transaction_commit_seconds_count (\S+)$", metrics, re.M)
+        assert committed_txns and commits_timed and float(committed_txns[1]) == float(commits_timed[1]) > 0
+        assert 'outcome="aborted"' not in metrics
         worker.popen.send_signal(signal.SIGTERM)
         assert worker.popen.wait(30) == 0
         output = worker.output()
