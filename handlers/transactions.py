@@ -62,6 +62,7 @@ class Transactions:
         self.failed = False
         self._committer: asyncio.Task[None] | None = None
         self._again = False
+        self._held_logged = 0.0
         # One thread: the producer's transactional calls block, and must never run at once.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transactions")
 
@@ -139,8 +140,10 @@ class Transactions:
                 return True
             if any(len(meta) > MAX_METADATA for _, meta in changed.values()):
                 # Too many records done behind a slow one to name them all: wait for it.
-                log.warning("a slow call holds back %d records; the transaction stays open until it ends",
-                            sum(len(d) for _, d in self._tracker.positions().values()))
+                if time.monotonic() >= self._held_logged + 10:
+                    self._held_logged = time.monotonic()
+                    log.warning("a slow call holds back %d records; the transaction stays open until it ends",
+                                sum(len(d) for _, d in self._tracker.positions().values()))
                 return True
             self._open.clear()
             started = time.perf_counter()

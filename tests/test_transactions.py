@@ -1,0 +1,157 @@
+"""handlers.transactions against a stand-in producer: what goes into which commit, and when.
+
+The real thing (a broker, processes, kill -9, fencing) is tests/test_exactly_once.py; these
+pin down the ordering rules that are hard to provoke there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from kafka.errors import KafkaError
+
+from adapter.config import KafkaConfig, WorkerConfig
+from adapter.metrics import HandlerMetrics
+from handlers import transactions
+from handlers.offsets import OffsetTracker, decode_done
+from handlers.transactions import Transactions
+
+
+class Producer:
+    """Records what a transactional producer is asked to do; commits can be held or made to fail."""
+
+    def __init__(self) -> None:
+        self.log: list[Any] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.fail_commit = False
+
+    def init_transactions(self) -> None:
+        self.log.append("init")
+
+    def begin_transaction(self) -> None:
+        self.log.append("begin")
+
+    def send(self, topic: str, **kwargs: Any) -> str:
+        self.log.append(("send", topic))
+        return "future"
+
+    def send_offsets_to_transaction(self, offsets: dict[Any, Any], group: Any) -> None:
+        self.log.append(("offsets", {(tp.topic, tp.partition): (o.offset, o.metadata) for tp, o in offsets.items()}))
+
+    def commit_transaction(self) -> None:
+        self.hold.wait(5)
+        if self.fail_commit:
+            raise KafkaError("broker went away")
+        self.log.append("commit")
+
+    def abort_transaction(self) -> None:
+        self.log.append("abort")
+
+    def close(self, timeout: Any = None) -> None:
+        self.log.append("close")
+
+
+@pytest.fixture
+def producer(monkeypatch: pytest.MonkeyPatch) -> Producer:
+    fake = Producer()
+    monkeypatch.setattr(transactions, "make_producer", lambda *args, **kwargs: fake)
+    return fake
+
+
+def new(tracker: OffsetTracker) -> Transactions:
+    config = WorkerConfig(kafka=KafkaConfig(), exactly_once=True, transactional_id="t1")
+    return Transactions(config, lambda: "group-metadata", tracker, HandlerMetrics())
+
+
+def test_a_commit_carries_the_offsets_and_done_records_of_its_replies(producer: Producer) -> None:
+    async def run() -> None:
+        tracker = OffsetTracker()
+        for offset in (10, 11, 12):
+            tracker.add("req", 0, offset)
+        txn = new(tracker)
+        await txn.start()
+        await txn.send("replies", b"r", None, [])
+        tracker.done("req", 0, 11)  # its reply is in this transaction; 10 still runs
+        assert await txn.commit()
+        offsets = next(entry[1] for entry in producer.log if entry[0] == "offsets")
+        position, metadata = offsets[("req", 0)]
+        assert position == 10 and decode_done(position, metadata) == {11}
+        assert producer.log[-2:] == ["commit", "begin"]
+        assert await txn.commit()  # nothing new: no empty transaction
+        assert producer.log.count("commit") == 1
+        await txn.close()
+
+    asyncio.run(run())
+
+
+def test_sends_wait_while_a_commit_runs(producer: Producer) -> None:
+    async def run() -> None:
+        tracker = OffsetTracker()
+        txn = new(tracker)
+        await txn.start()
+        await txn.send("replies", b"1", None, [])
+        producer.hold.clear()
+        committing = asyncio.create_task(txn.commit())
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(txn.send("replies", b"2", None, []))
+        await asyncio.sleep(0.05)
+        assert not second.done() and producer.log.count(("send", "replies")) == 1
+        producer.hold.set()
+        assert await committing
+        await second
+        # The second reply went into the next transaction, after the first one's commit.
+        sends = [i for i, entry in enumerate(producer.log) if entry == ("send", "replies")]
+        assert sends[1] > producer.log.index("commit")
+        await txn.close()
+
+    asyncio.run(run())
+
+
+def test_an_aborted_transaction_holds_sends_until_the_caller_resumes(producer: Producer) -> None:
+    async def run() -> None:
+        tracker = OffsetTracker()
+        txn = new(tracker)
+        await txn.start()
+        await txn.send("replies", b"1", None, [])
+        producer.fail_commit = True
+        assert not await txn.commit()
+        assert txn.failed and "abort" in producer.log
+        waiting = asyncio.create_task(txn.send("replies", b"2", None, []))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # the caller has not rewound yet
+        assert not await txn.commit()  # nor does anything commit meanwhile
+        producer.fail_commit = False
+        txn.resume()
+        await waiting
+        assert await txn.commit()
+        await txn.close()
+
+    asyncio.run(run())
+
+
+def test_too_many_done_records_to_name_keep_the_transaction_open(producer: Producer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transactions, "MAX_METADATA", 10)
+
+    async def run() -> None:
+        tracker = OffsetTracker()
+        for offset in range(100):
+            tracker.add("req", 0, offset)
+        for offset in range(1, 100, 3):
+            tracker.done("req", 0, offset)
+        txn = new(tracker)
+        await txn.start()
+        await txn.send("replies", b"r", None, [])
+        assert await txn.commit()
+        assert "commit" not in producer.log  # held: its replies' offsets could not be named
+        for offset in range(100):
+            tracker.done("req", 0, offset)
+        assert await txn.commit()
+        assert producer.log.count("commit") == 1
+        await txn.close()
+
+    asyncio.run(run())
