@@ -214,6 +214,8 @@ class Worker(ConsumerRebalanceListener):
             log.error("could not reject %s (%s): %s; skipped", where, reason, exc, extra=record_fields(record))
             self.metrics.reply_errors.inc()
             return
+        if self.txn is not None:  # done in the transaction that carries its answer, as replies are
+            self.tracker.done(record.topic, record.partition, record.offset)
         await self._acked(future)
 
     async def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
 from adapter import wire
@@ -53,6 +53,16 @@ def _replies(bootstrap: str, topic: str, isolation: str) -> Counter[bytes]:
             if all(consumer.position(tp) >= ends[tp] for tp in partitions):
                 break
         return seen
+    finally:
+        consumer.close()
+
+
+def _dead_letters(bootstrap: str, source: bytes) -> int:
+    """Committed dead letters copied from the request record at `source` (TOPIC/PARTITION@OFFSET)."""
+    consumer = KafkaConsumer("kafka-rpc.dead-letters", bootstrap_servers=bootstrap, isolation_level="read_committed",
+                             auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=5000)
+    try:
+        return sum((wire.DEAD_LETTER_SOURCE, source) in [(n, bytes(v)) for n, v in record.headers] for record in consumer)
     finally:
         consumer.close()
 
@@ -100,6 +110,11 @@ def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, 
             assert [item.i for item in chat] == [2 * i for i in range(50)]
             summary = kitchen.Collect(iter([kitchen_pb2.Item(i=i, data=b"ab") for i in range(300)]), timeout=30)
             assert (summary.count, summary.total_bytes) == (300, 600)
+        # A record that cannot be answered goes to the dead-letter topic inside a transaction too.
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        bad = producer.send(f"{prefix}rpctest.v1.Kitchen", value=b"?", headers=[("rpc-method", b"x")]).get(timeout=30)
+        producer.close()
+        worker.wait_for("rejected")
         port = int(worker.wait_for(r"metrics on http://\S+:(\d+)/metrics").group(1))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             metrics = response.read().decode()
@@ -115,6 +130,8 @@ def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, 
         assert committed == ends
         replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
         assert sum(replies.values()) == 126 and set(replies.values()) == {1}  # 123 unary, 3 streams
+        source = f"{prefix}rpctest.v1.Kitchen/{bad.partition}@{bad.offset}".encode()
+        assert _dead_letters(kafka_bootstrap, source) == 1
     finally:
         worker.stop()
         front.stop()
@@ -166,8 +183,6 @@ def test_a_fenced_handler_aborts_rewinds_and_answers_each_call_once(kafka_bootst
     """Another producer taking the handler's transactional id aborts the open transaction:
     the handler starts a new producer, runs the uncommitted calls again, and every reply is
     still committed once."""
-    from kafka import KafkaProducer
-
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
     worker = _handler(tmp_path, "h", kafka_bootstrap, prefix, "h1")
     try:
