@@ -5,7 +5,9 @@ environment variable (``KAFKA_RPC_REPLY_TOPIC``; ``KAFKA_BOOTSTRAP_SERVERS`` for
 bootstrap servers), a TOML file (``--config FILE`` or ``KAFKA_RPC_CONFIG``), then its
 default. In the file, settings sit in ``[kafka]`` and ``[frontend]`` or ``[handlers]``, named
 like their flags (``reply_topic`` or ``reply-topic``); ``[kafka.client]`` passes settings
-through to kafka-python (``security_protocol``, ``sasl_mechanism``, ``ssl_cafile``...).
+through to the Kafka client, in its own names: librdkafka's for ``confluent``
+(``security.protocol``, ``sasl.mechanism``, ``ssl.ca.location``...), kafka-python's for
+``kafka-python`` (``security_protocol``, ``sasl_mechanism``, ``ssl_cafile``...).
 
 Environment variables are read here and nowhere else in the library.
 """
@@ -23,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapter.config import KafkaConfig, MiB
+from adapter.config import KAFKA_CLIENTS, KafkaConfig, MiB
 from adapter.errors import ConfigError, KafkaRpcError
 from adapter.logs import JsonFormatter
 
@@ -53,7 +55,8 @@ def parse_settings(parser: argparse.ArgumentParser, argv: list[str] | None, sect
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="TOML file of settings (env KAFKA_RPC_CONFIG); flags and environment override it")
     parser.add_argument("--kafka-option", action="append", metavar="KEY=VALUE", dest="kafka_option",
-                        help="kafka-python client setting passed through, e.g. security_protocol=SASL_SSL (repeatable)")
+                        help="Kafka client setting passed through, in the engine's names: security.protocol=SASL_SSL "
+                        "(confluent), security_protocol=SASL_SSL (kafka-python) (repeatable)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the settings in effect (secrets masked) and exit")
     parser.epilog = ("Every setting can also come from the environment (KAFKA_RPC_<FLAG>, e.g. KAFKA_RPC_REPLY_TOPIC) "
@@ -187,6 +190,9 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Kafka")
     group.add_argument("--bootstrap-servers", default="127.0.0.1:9092",
                        help="comma-separated HOST:PORT list (env KAFKA_BOOTSTRAP_SERVERS; default %(default)s)")
+    group.add_argument("--kafka-client", default=KAFKA_CLIENTS[0], choices=KAFKA_CLIENTS,
+                       help="Kafka client library: confluent (librdkafka, fastest) or kafka-python (pure Python: "
+                       "musl/PyPy, Kerberos) (env KAFKA_RPC_KAFKA_CLIENT; default %(default)s)")
     group.add_argument("--client-id", default="kafka-rpc",
                        help="Kafka client id (default %(default)s)")
     group.add_argument("--topic-partitions", type=int, default=8,
@@ -220,6 +226,7 @@ def kafka_config(args: argparse.Namespace) -> KafkaConfig:
         create_topics=not args.no_create_topics,
         max_message_bytes=args.max_message_bytes,
         client_options=dict(getattr(args, "client_options", {}) or {}),
+        client=getattr(args, "kafka_client", KAFKA_CLIENTS[0]),
     )
 
 
@@ -237,7 +244,8 @@ def setup_logging(level: str, name: str, fmt: str = "text") -> None:
     # While a broker is down, kafka-python logs every reconnection attempt as an error;
     # our own health watcher reports the outage once.
     if logging.getLogger().level > logging.DEBUG:
-        for name in ("kafka.net", "kafka.cluster", "kafka.conn", "kafka.client"):
+        # librdkafka logs each failed connection as an error too (through confluent-kafka's `logger`).
+        for name in ("kafka.net", "kafka.cluster", "kafka.conn", "kafka.client", "librdkafka"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 

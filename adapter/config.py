@@ -17,6 +17,8 @@ from adapter.errors import ConfigError
 
 MiB = 1024 * 1024
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+#: Kafka client libraries ("engines") the project runs on; the first is the default.
+KAFKA_CLIENTS = ("confluent", "kafka-python")
 _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9.:_-]*\]?:\d{1,5}$")
 
 
@@ -51,8 +53,11 @@ class KafkaConfig:
     max_message_bytes: int = 4 * MiB
     #: Prepended to every request topic name (environments, test isolation).
     topic_prefix: str = ""
-    #: Extra kafka-python client settings passed through (security_protocol, sasl_*, ssl_*...).
+    #: Extra client settings passed through, in the engine's own names: librdkafka's dotted ones
+    #: for confluent (security.protocol, sasl.username...), kafka-python's for kafka-python.
     client_options: Mapping[str, Any] = field(default_factory=dict)
+    #: The Kafka client library: confluent (librdkafka) or kafka-python (pure Python).
+    client: str = KAFKA_CLIENTS[0]
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -60,6 +65,8 @@ class KafkaConfig:
         for server in self.bootstrap_servers:
             if not _HOST_PORT.match(server):
                 raise ConfigError(f"bootstrap_servers: {server!r} is not HOST:PORT")
+        if self.client not in KAFKA_CLIENTS:
+            raise ConfigError(f"kafka_client: {self.client!r} is not one of {', '.join(KAFKA_CLIENTS)}")
         _positive("topic_partitions", self.topic_partitions)
         _positive("max_message_bytes", self.max_message_bytes)
 

@@ -1,8 +1,8 @@
 """The exactly-once mode: replies and the offsets of the requests they answer, in one Kafka transaction.
 
-    txn = Transactions(config, consumer.group_metadata, tracker, metrics)
+    txn = Transactions(config, engine, consumer.group_metadata, tracker, metrics, handoff)
     await txn.start()
-    future = await txn.send(topic, value=..., headers=...)   # into the open transaction, commits soon
+    future = await txn.send(topic, value, key, headers)       # into the open transaction, commits soon
     tracker.done(topic, partition, offset)                    # in the same step as the send
     txn.kick()                                                # commit soon: offsets changed
     if txn.failed:                                            # aborted: the caller rewinds, then
@@ -28,11 +28,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kafka import TopicPartition
-from kafka.structs import OffsetAndMetadata
-
 from adapter.config import WorkerConfig
-from adapter.kafka import make_producer
+from adapter.kafka import Engine, TransactionalProducer
+from adapter.kafka.handoff import Handoff, deliver
 from adapter.metrics import HandlerMetrics
 from handlers.offsets import OffsetTracker, Partition, encode_done
 
@@ -45,14 +43,16 @@ MAX_METADATA = 4000
 class Transactions:
     """A transactional producer that always has a transaction open, committed on request."""
 
-    def __init__(self, config: WorkerConfig, group_metadata: Callable[[], Any], tracker: OffsetTracker,
-                 metrics: HandlerMetrics) -> None:
+    def __init__(self, config: WorkerConfig, engine: Engine, group_metadata: Callable[[], Any], tracker: OffsetTracker,
+                 metrics: HandlerMetrics, handoff: Handoff) -> None:
         self.config = config
+        self._engine = engine
+        self._handoff = handoff
         self.transactional_id = config.transactional_id or f"{config.group}-{socket.gethostname()}-{os.getpid()}"
         self._group_metadata = group_metadata
         self._tracker = tracker
         self._metrics = metrics
-        self._producer: Any = None
+        self._producer: TransactionalProducer | None = None
         self._open = asyncio.Event()  # set while sends may go into the open transaction
         self._lock = asyncio.Lock()
         self._dirty = False  # something was sent since the last commit
@@ -66,40 +66,34 @@ class Transactions:
         # One thread: the producer's transactional calls block, and must never run at once.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transactions")
 
-    @property
-    def producer(self) -> Any:
-        return self._producer
-
     async def start(self) -> None:
         """Create the producer, fence an earlier process with the same id, open a transaction."""
         self._producer = await self._blocking(self._new_producer)
         self._open.set()
         log.info("exactly-once mode: transactional id %s", self.transactional_id)
 
-    def _new_producer(self) -> Any:
+    def _new_producer(self) -> TransactionalProducer:
         # A dead process's open transaction hides every later record of its reply partitions from
         # read_committed readers until it times out: keep that short, like the session timeout.
-        timeout = int(max(self.config.session_timeout, 10.0) * 1000)
-        # The broker answers CONCURRENT_TRANSACTIONS while it finishes the previous transaction,
-        # a matter of milliseconds: retrying after the default 100 ms made that the latency tail.
-        producer = make_producer(self.config.kafka, max_block_ms=5000, transactional_id=self.transactional_id,
-                                 transaction_timeout_ms=timeout, retry_backoff_ms=10)
+        timeout = max(self.config.session_timeout, 10.0)
+        producer = self._engine.transactional_producer(self.transactional_id, timeout)
         try:
-            producer.init_transactions()
-            producer.begin_transaction()
+            producer.begin()
         except BaseException:
-            producer.close(timeout=0)
+            producer.close(0)
             raise
         return producer
 
     async def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
-                   partition: int | None = None) -> Any:
-        """Produce a record in the open transaction (waiting while a commit runs); kafka-python's future."""
+                   partition: int | None = None) -> asyncio.Future[None]:
+        """Produce a record in the open transaction (waiting while a commit runs); the future ends
+        when Kafka acknowledged the record (it counts once the transaction commits)."""
         # A sender woken when one commit ended may find the next one started: wait again.
         while not self._open.is_set():
             await self._open.wait()
         self._dirty = True
-        future = self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        assert self._producer is not None
+        future = deliver(self._producer, self._handoff, topic, value, key, headers, partition)
         self.kick()
         return future
 
@@ -167,12 +161,9 @@ class Transactions:
                     self._open.set()
 
     def _commit(self, changed: dict[Partition, tuple[int, str]]) -> None:
-        if changed:
-            offsets = {TopicPartition(t, p): OffsetAndMetadata(position, meta, -1)
-                       for (t, p), (position, meta) in changed.items()}
-            self._producer.send_offsets_to_transaction(offsets, self._group_metadata())
-        self._producer.commit_transaction()
-        self._producer.begin_transaction()
+        assert self._producer is not None
+        self._producer.commit(changed, self._group_metadata() if changed else None)
+        self._producer.begin()
 
     async def _abort(self) -> None:
         try:
@@ -185,7 +176,8 @@ class Transactions:
                           "--transactional-id, or two of them keep fencing each other", self.transactional_id)
             old, self._producer = self._producer, None
             try:
-                await self._blocking(old.close, 0)
+                if old is not None:
+                    await self._blocking(old.close, 0)
             except Exception as close_error:  # a fenced producer may refuse even this
                 log.debug("closing the old transactional producer: %s", close_error)
             while self._producer is None:
@@ -196,8 +188,9 @@ class Transactions:
                     await asyncio.sleep(1.0)
 
     def _abort_and_begin(self) -> None:
-        self._producer.abort_transaction()
-        self._producer.begin_transaction()
+        assert self._producer is not None
+        self._producer.abort()
+        self._producer.begin()
 
     def forget(self, partitions: set[Partition]) -> None:
         """Partitions now owned elsewhere: what we committed for them says nothing any more."""

@@ -6,8 +6,9 @@
 Delivery is at least once: a record's offset is committed only after its reply has
 been produced and every earlier record of its partition has been replied to
 (`handlers.offsets`). With `exactly_once`, replies and offsets are committed together in
-Kafka transactions instead (`handlers.transactions`). The consumer lives on one thread of its own (kafka-python's
-consumer is not thread-safe); handlers run on the event loop or a thread pool.
+Kafka transactions instead (`handlers.transactions`). The consumer lives on one thread of its own (Kafka
+consumers are not thread-safe, and librdkafka runs rebalance callbacks on the polling thread);
+handlers run on the event loop or a thread pool (docs/internals.md).
 """
 
 from __future__ import annotations
@@ -21,18 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from adapter import wire
 from adapter.config import WorkerConfig, check_topic
 from adapter.errors import ConfigError, MalformedRecord
-from adapter.kafka import ensure_topics, make_consumer, make_producer
+from adapter.kafka import Consumer, Offsets, Producer, Record, open_engine
+from adapter.kafka.handoff import Handoff, deliver
 from adapter.logs import record_fields
 from adapter.metrics import HandlerMetrics
 from adapter.routing import Route
-from handlers.assignor import TopicBalancedAssignor
 from handlers.calls import Calls
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
@@ -52,7 +50,7 @@ COMMIT_INTERVAL = 0.2
 LAG_INTERVAL = 2.0
 
 
-class Worker(ConsumerRebalanceListener):
+class Worker:
     """Serves `methods` from their request topics until stopped."""
 
     def __init__(self, config: WorkerConfig, methods: dict[str, Method], routes: dict[str, Route],
@@ -77,47 +75,44 @@ class Worker(ConsumerRebalanceListener):
         #: Where each running call's opening record is, to mark it done when its reply is sent.
         self._origins: dict[bytes, tuple[str, int, int]] = {}
         #: Partitions whose commit metadata was read (exactly-once mode), on the consumer thread.
-        self._loaded: set[TopicPartition] = set()
+        self._loaded: set[Partition] = set()
         self.replied = 0
         self.malformed = 0
         self._tasks: set[asyncio.Future[None]] = set()
         self._kafka_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._consumer: Any = None
-        self._producer: Any = None
+        self._handoff: Handoff | None = None
+        self._engine = open_engine(config.kafka)
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
         self._paused = False
+        self._group_metadata: Any = None
         self._commit_due = 0.0
         self._lag_due = 0.0
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Consume until `stop` is set, then drain: finish, reply, commit, leave the group."""
         self._loop = asyncio.get_running_loop()
+        self._handoff = Handoff(self._loop)
         kafka = self.config.kafka
         topics = {t: kafka.topic_partitions for t in [*self.topics, self.config.dead_letter_topic]}
-        await asyncio.to_thread(ensure_topics, kafka, topics)
+        admin = await asyncio.to_thread(self._engine.admin)
+        try:
+            await asyncio.to_thread(admin.ensure_topics, topics)
+        finally:
+            admin.close()
         self._consumer = await self._on_kafka_thread(
-            make_consumer, kafka, group_id=self.config.group, auto_offset_reset="earliest",
-            max_poll_records=self.config.max_pending,
-            isolation_level="read_committed" if self.config.exactly_once else "read_uncommitted",
-            # Every topic spread evenly over the processes, and a process joining or leaving
-            # moves only the partitions that must move (handlers.assignor).
-            partition_assignment_strategy=[TopicBalancedAssignor],
-            session_timeout_ms=int(self.config.session_timeout * 1000),
-            heartbeat_interval_ms=int(self.config.session_timeout * 1000 / 3),
-        )
+            self._engine.consumer, self.config.group, from_end=False, read_committed=self.config.exactly_once,
+            session_timeout=self.config.session_timeout, max_records=self.config.max_pending)
         if self.config.exactly_once:
-            self.txn = Transactions(self.config, self._consumer.group_metadata, self.tracker, self.metrics)
+            self.txn = Transactions(self.config, self._engine, lambda: self._group_metadata, self.tracker,
+                                    self.metrics, self._handoff)
             await self.txn.start()
-            self._producer = self.txn.producer
         else:
-            # send() runs on the event loop: a reply topic without metadata must not stall it long.
-            self._producer = await asyncio.to_thread(make_producer, kafka, max_block_ms=5000)
-        await self._on_kafka_thread(self._consumer.subscribe, self.topics, listener=self)
-        # Fetch the topics' metadata after subscribing and before the first poll: kafka-python
-        # notes it for the subscription only then, and a group joined without it is joined
-        # again a moment later, revoking everything once.
-        for topic in self.topics:
-            await self._on_kafka_thread(self._consumer.partitions_for_topic, topic)
+            self._producer = await asyncio.to_thread(self._engine.producer)
+        await self._on_kafka_thread(self._consumer.subscribe, self.topics, self._assigned, self._revoked)
+        if self.config.exactly_once:
+            self._group_metadata = await self._on_kafka_thread(self._consumer.group_metadata)
         log.info("consuming %s in group %s", ", ".join(self.topics), self.config.group)
         if ready is not None:
             ready.set()
@@ -136,13 +131,12 @@ class Worker(ConsumerRebalanceListener):
                     await self._rewind()
                     self.txn.resume()
                     continue
-                for tp, offsets in done_before.items():
-                    self.tracker.skip(tp.topic, tp.partition, offsets)
-                for tp, records in batches.items():
-                    for record in records:
-                        self.tracker.add(tp.topic, tp.partition, record.offset)
-                        if not self.tracker.skipped(tp.topic, tp.partition, record.offset):
-                            self._accept(record)
+                for (topic, partition), offsets in done_before.items():
+                    self.tracker.skip(topic, partition, offsets)
+                for record in batches:
+                    self.tracker.add(record.topic, record.partition, record.offset)
+                    if not self.tracker.skipped(record.topic, record.partition, record.offset):
+                        self._accept(record)
                 await self._flow_control()
                 if self.txn is not None:
                     self.txn.kick()  # records done without a reply (expired, cancelled) move offsets too
@@ -154,7 +148,7 @@ class Worker(ConsumerRebalanceListener):
         finally:
             await self._drain()
 
-    def _accept(self, record: Any) -> None:
+    def _accept(self, record: Record) -> None:
         # Runs in poll order, synchronously: a stream's frames reach its call in order.
         where = f"{record.topic}/{record.partition}@{record.offset}"
         try:
@@ -186,7 +180,7 @@ class Worker(ConsumerRebalanceListener):
             return False  # not even a legal topic name: the producer would refuse it
         return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.config.reply_topics)
 
-    def _reject(self, record: Any, where: str, reason: str, kind: str) -> None:
+    def _reject(self, record: Record, where: str, reason: str, kind: str) -> None:
         """A record we cannot serve: answer it if we can, else move it to the dead-letter topic.
 
         `kind` is the reason's label in the metrics: ``malformed`` or ``reply_topic``."""
@@ -196,8 +190,8 @@ class Worker(ConsumerRebalanceListener):
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(t, record, where))
 
-    async def _answer_rejected(self, record: Any, where: str, reason: str) -> None:
-        headers = record.headers or []
+    async def _answer_rejected(self, record: Record, where: str, reason: str) -> None:
+        headers = record.headers
         cid = wire.correlation_id_of(headers)
         reply_to = [bytes(v or b"") for n, v in headers if n == wire.REPLY_TOPIC]
         reply_topic = reply_to[-1].decode(errors="replace") if reply_to else None
@@ -208,26 +202,27 @@ class Worker(ConsumerRebalanceListener):
             else:
                 self.dead_lettered += 1
                 self.metrics.records_dead_lettered.inc()
-                future = await self._produce(self.config.dead_letter_topic, record.value, record.key,
+                future = await self._produce(self.config.dead_letter_topic, record.value or b"", record.key,
                                              wire.dead_letter_headers(headers, reason, where))
+            if self.txn is not None:  # done in the transaction that carries its answer, as replies are
+                self.tracker.done(record.topic, record.partition, record.offset)
+            await future
         except Exception as exc:  # a record that even the producer refuses must not stop the partition
             log.error("could not reject %s (%s): %s; skipped", where, reason, exc, extra=record_fields(record))
             self.metrics.reply_errors.inc()
-            return
-        if self.txn is not None:  # done in the transaction that carries its answer, as replies are
-            self.tracker.done(record.topic, record.partition, record.offset)
-        await self._acked(future)
 
     async def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
-                       partition: int | None = None) -> Any:
-        """Hand a record to the producer (into the open transaction in the exactly-once mode)."""
+                       partition: int | None = None) -> asyncio.Future[None]:
+        """Hand a record to the producer (into the open transaction in the exactly-once mode); the
+        future ends when Kafka acknowledged it."""
         if self.txn is not None:
             return await self.txn.send(topic, value, key, headers, partition)
-        return self._producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        assert self._producer is not None and self._handoff is not None
+        return deliver(self._producer, self._handoff, topic, value, key, headers, partition)
 
-    def _finished(self, task: asyncio.Future[None], record: Any, where: str) -> None:
+    def _finished(self, task: asyncio.Future[None], record: Record, where: str) -> None:
         self._tasks.discard(task)
-        headers = record.headers or []
+        headers = record.headers
         self._origins.pop(wire.correlation_id_of(headers) or b"", None)
         # The offset of a call's opening record is done only once its final reply is sent.
         self.tracker.done(record.topic, record.partition, record.offset)
@@ -253,9 +248,8 @@ class Worker(ConsumerRebalanceListener):
             origin = self._origins.pop(request.correlation_id, None)
             if origin is not None:
                 self.tracker.done(*origin)
-        acked = self._acked(future)
         window = self._windows.setdefault(request.correlation_id, [])
-        window.append(acked)
+        window.append(future)
         if isinstance(record, wire.Frame) and len(window) < STREAM_WINDOW:
             return
         try:
@@ -272,84 +266,52 @@ class Worker(ConsumerRebalanceListener):
         if isinstance(record, wire.Reply):
             self.replied += 1
 
-    def _acked(self, future: Any) -> asyncio.Future[None]:
-        assert self._loop is not None
-        loop, done = self._loop, self._loop.create_future()
-
-        def settle(exc: BaseException | None) -> None:
-            if not done.done():
-                done.set_exception(exc) if exc else done.set_result(None)
-
-        future.add_callback(lambda _: loop.call_soon_threadsafe(settle, None))
-        future.add_errback(lambda exc: loop.call_soon_threadsafe(settle, exc))
-        return done
-
-    def _poll(self) -> tuple[Any, dict[TopicPartition, set[int]]]:
+    def _poll(self) -> tuple[list[Record], dict[Partition, set[int]]]:
         """On the consumer thread: one fetch, and every LAG_INTERVAL a sample of the lag.
 
         In the exactly-once mode, also the records of newly fetched partitions that their
         previous owner replied to (from its commit metadata)."""
-        batches = self._consumer.poll(timeout_ms=100)
+        assert self._consumer is not None
+        records = self._consumer.poll(0.1, self.config.max_pending)
+        if self.config.exactly_once:
+            # Read here, on the consumer's thread, for the transactions' thread: a consumer call
+            # from another thread waits for the poll in progress (confluent-kafka 2.16).
+            self._group_metadata = self._consumer.group_metadata()
         now = time.monotonic()
         if now >= self._lag_due:
             self._lag_due = now + LAG_INTERVAL
-            lags = self._lag()
+            lags = self._consumer.lag()
             if lags is not None:
                 self.metrics.set_lag(lags)
-        done_before: dict[TopicPartition, set[int]] = {}
+        done_before: dict[Partition, set[int]] = {}
         if self.config.exactly_once:
-            for tp in batches.keys() - self._loaded:
-                committed = self._consumer.committed(tp, metadata=True)
-                if committed is not None:
-                    done_before[tp] = decode_done(committed.offset, committed.metadata)
-                self._loaded.add(tp)
-        return batches, done_before
-
-    def _lag(self) -> dict[Partition, int] | None:
-        # Every fetch response carries the partition's end offset (highwater), so this asks
-        # the broker nothing, except for paused partitions: they are not fetched meanwhile.
-        consumer = self._consumer
-        paused = consumer.paused()
-        ends = {tp: consumer.highwater(tp) for tp in consumer.assignment() if tp not in paused}
-        lags: dict[Partition, int] = {}
-        try:
-            if paused:
-                ends.update(consumer.end_offsets(list(paused), timeout_ms=1000))
-            for tp, end in ends.items():
-                position = None if end is None else consumer.position(tp, timeout_ms=0)
-                if position is not None:  # both are known once the partition has been fetched
-                    lags[(tp.topic, tp.partition)] = max(0, end - position)
-        except KafkaError as exc:
-            log.debug("could not sample the consumer lag: %s", exc)
-            return None  # keep the last sample
-        return lags
+            new = sorted({(r.topic, r.partition) for r in records} - self._loaded)
+            if new:
+                for tp, committed in self._consumer.committed(new).items():
+                    if committed is not None:
+                        done_before[tp] = decode_done(*committed)
+                self._loaded.update(new)
+        return records, done_before
 
     async def _flow_control(self) -> None:
         # Backpressure: stop fetching while too many records wait for their reply.
         full = self.tracker.pending >= self.config.max_pending
         if full != self._paused:
             self._paused = full
-            action = self._consumer.pause if full else self._consumer.resume
-            await self._on_kafka_thread(lambda: action(*self._consumer.assignment()))
+            consumer = self._consumer
+            assert consumer is not None
+            action = consumer.pause if full else consumer.resume
+            await self._on_kafka_thread(lambda: action(consumer.assignment()))
 
     async def _commit(self, sync: bool, only: set[Partition] | None = None) -> None:
         offsets = self.tracker.committable(only)
-        if not offsets:
+        if not offsets or self._consumer is None:
             return
-        commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
         try:
-            if sync:
-                await self._on_kafka_thread(self._consumer.commit, commit)
-            else:
-                await self._on_kafka_thread(self._consumer.commit_async, commit, self._commit_done)
+            await self._on_kafka_thread(self._consumer.commit, {tp: (o, "") for tp, o in offsets.items()}, not sync)
             self.tracker.committed(offsets)
-        except Exception as exc:  # kafka-python raises more than KafkaError while the broker is away
+        except Exception as exc:
             log.warning("commit failed (the records will be redelivered): %s", exc)
-
-    @staticmethod
-    def _commit_done(offsets: Any, result: Any) -> None:
-        if isinstance(result, Exception):
-            log.warning("commit failed (the records will be redelivered): %s", result)
 
     async def _rewind(self) -> None:
         """After an aborted transaction: stop every call and fetch again from the committed offsets.
@@ -367,17 +329,16 @@ class Worker(ConsumerRebalanceListener):
         self._origins.clear()
         self._windows.clear()
         if self.txn is not None:
-            self.txn.forget({(tp.topic, tp.partition) for tp in self._loaded})
+            self.txn.forget(set(self._loaded))
         await self._on_kafka_thread(self._seek_committed)
 
     def _seek_committed(self) -> None:
-        for tp in self._consumer.assignment():
-            committed = self._consumer.committed(tp)
-            if committed is None:
-                self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, committed)
-            log.debug("rewound %s/%d to %s", tp.topic, tp.partition, committed)
+        consumer = self._consumer
+        assert consumer is not None
+        assigned = consumer.assignment()
+        for tp, committed in consumer.committed(assigned).items():
+            consumer.seek(tp, None if committed is None else committed[0])
+            log.debug("rewound %s/%d to %s", tp[0], tp[1], committed)
         self._loaded.clear()
 
     async def _drain(self) -> None:
@@ -391,8 +352,8 @@ class Worker(ConsumerRebalanceListener):
         if self._consumer is not None:
             if self.txn is None:
                 await self._commit(sync=True)
-            await self._on_kafka_thread(self._consumer.close, autocommit=False)
-        if self._producer is not None and self.txn is None:
+            await self._on_kafka_thread(self._consumer.close)
+        if self._producer is not None:
             await asyncio.to_thread(self._producer.close, 5)
         self.dispatcher.close()
         self._kafka_thread.shutdown(wait=False)
@@ -401,32 +362,31 @@ class Worker(ConsumerRebalanceListener):
         assert self._loop is not None
         return await self._loop.run_in_executor(self._kafka_thread, lambda: func(*args, **kwargs))
 
-    # ConsumerRebalanceListener: runs on the consumer thread, inside poll(), while the
-    # event loop is free (it awaits that poll), so hopping onto the loop cannot deadlock.
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        if not revoked:
-            return
+    # Rebalance callbacks: they run inside the consumer's poll (or close), on the consumer thread
+    # (confluent) or kafka-python's I/O thread, while the event loop is free (it awaits that poll),
+    # so the work they hand to the loop runs at once; they wait for it a bounded time only.
+    def _revoked(self, partitions: list[Partition], lost: bool) -> Offsets | None:
+        if not partitions:
+            return None
         assert self._loop is not None
-        parts = {(tp.topic, tp.partition) for tp in revoked}
-        self._loaded -= set(revoked)
-        if self.txn is not None:
-            asyncio.run_coroutine_threadsafe(self._revoke_transactional(parts), self._loop).result()
-            log.info("partitions revoked: %s", ", ".join(f"{t}/{p}" for t, p in sorted(parts)))
-            return
-        offsets = asyncio.run_coroutine_threadsafe(self._take_committable(parts), self._loop).result()
-        if offsets:
-            # kafka-python 3 calls this on its I/O thread, where a blocking commit is refused;
-            # the asynchronous one still goes out before the group is joined again.
-            try:
-                commit = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-                self._consumer.commit_async(commit, self._commit_done)
-            except Exception as exc:
-                log.warning("commit on revocation failed (the records will be redelivered): %s", exc)
-        log.info("partitions revoked: %s", ", ".join(f"{t}/{p}" for t, p in sorted(parts)))
+        parts = set(partitions)
+        self._loaded -= parts
+        work = self._revoke_transactional(parts) if self.txn is not None else self._take_committable(parts)
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)
+        offsets: dict[Partition, int] | None = None
+        try:
+            offsets = future.result(timeout=REVOKE_GRACE + 5)
+        except Exception as exc:  # TimeoutError included: the rebalance must go on
+            future.cancel()
+            log.warning("partitions revoked before their calls were settled (%s): %s", type(exc).__name__, exc)
+        log.info("partitions %s: %s", "lost" if lost else "revoked", ", ".join(f"{t}/{p}" for t, p in sorted(parts)))
+        if lost or not offsets:
+            return None
+        return {tp: (o, "") for tp, o in offsets.items()}
 
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if assigned:
-            log.info("partitions assigned: %s", ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(assigned)))
+    def _assigned(self, partitions: list[Partition]) -> None:
+        if partitions:
+            log.info("partitions assigned: %s", ", ".join(f"{t}/{p}" for t, p in sorted(partitions)))
 
     async def _revoke_transactional(self, parts: set[Partition]) -> None:
         assert self.txn is not None

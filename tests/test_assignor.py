@@ -1,4 +1,4 @@
-"""handlers.assignor: per-topic balance, stickiness, and the cooperative two-round hand-over."""
+"""adapter.kafka.balanced: per-topic balance, stickiness, and the cooperative two-round hand-over."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.structs import TopicPartition
 
-from handlers.assignor import TopicBalancedAssignor, balance
+from adapter.kafka.balanced import TopicBalancedAssignor, balance
 
 TP = TopicPartition
 

@@ -78,7 +78,7 @@ def _owned(text: str) -> set[int]:
 
 def test_a_joining_handler_moves_only_its_share_and_other_streams_go_on(kafka_bootstrap: str, prefix: str,
                                                                        tmp_path: Path) -> None:
-    """Cooperative rebalancing per topic (handlers.assignor): a process joining takes half of
+    """Cooperative rebalancing per topic (adapter.kafka.balanced): a process joining takes half of
     each topic's partitions; streams on the partitions that stay are not interrupted."""
     kitchen_only = ["tests.kitchen_service:Kitchen"]
     front, address = procs.frontend(tmp_path / "frontend.log", kafka_bootstrap, prefix)

@@ -1,0 +1,416 @@
+"""The default engine: confluent-kafka, the Python binding of librdkafka (C).
+
+librdkafka does the network, batching and retries on threads of its own, without the GIL; its
+callbacks (delivery reports, rebalances, logs) run only inside `poll`/`consume`/`flush`, on the
+thread that calls them. So each producer has one thread that polls it (`_Poller`), and a
+consumer's rebalance callbacks run on the thread that polls the consumer.
+
+Settings from `[kafka.client]` / `--kafka-option` use librdkafka's dotted names
+(``security.protocol``, ``sasl.username``...) and override ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as TP
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from adapter.config import KafkaConfig
+from adapter.errors import MissingTopic, TransportError
+from adapter.kafka.contract import Offsets, OnAssign, OnDelivery, OnRevoke, Partition, Record, record_limit
+from adapter.kafka.hints import tls_hint
+
+log = logging.getLogger(__name__)
+_librdkafka_log = logging.getLogger("librdkafka")
+
+
+def _reason(exc: BaseException) -> str:
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
+    if isinstance(error, KafkaError):
+        return f"{error.name()}: {error.str()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Re-raise librdkafka errors as `TransportError` saying what was being done."""
+    try:
+        yield
+    except (KafkaException, BufferError) as exc:
+        raise TransportError(f"{action}: {_reason(exc)}") from exc
+
+
+def _with_metadata(offsets: Offsets) -> list[TP]:
+    # confluent-kafka takes no None for metadata: leave it out when there is none.
+    return [TP(t, p, offset, metadata=meta) if meta else TP(t, p, offset) for (t, p), (offset, meta) in offsets.items()]
+
+
+class _Errors:
+    """librdkafka's error callback: keeps the last errors, to say why a client cannot connect."""
+
+    def __init__(self) -> None:
+        self.last: list[str] = []
+
+    def __call__(self, error: KafkaError) -> None:
+        self.last = [*self.last[-4:], error.str()]
+        if error.fatal():
+            log.error("kafka client: fatal error: %s", error.str())
+        else:
+            # Reconnection attempts while a broker is away: the health check reports the outage.
+            log.debug("kafka client: %s", error.str())
+
+
+class ConfluentEngine:
+    """`Engine` on confluent-kafka."""
+
+    name = "confluent"
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+
+    def _settings(self, errors: _Errors, **ours: Any) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": ",".join(self.config.bootstrap_servers),
+            "client.id": self.config.client_id,
+            "logger": _librdkafka_log,
+            "error_cb": errors,
+            **ours,
+            **self.config.client_options,
+        }
+
+    def producer(self, *, idempotent: bool = True) -> _Producer:
+        errors = _Errors()
+        settings = self._settings(
+            errors,
+            **{"acks": "all", "enable.idempotence": idempotent, "linger.ms": 0,
+               "message.max.bytes": record_limit(self.config),
+               # Records name their topics: a typo must not create one.
+               "allow.auto.create.topics": False})
+        with translated("creating a producer"):
+            return _Producer(Producer(settings), self._explain)
+
+    def transactional_producer(self, transactional_id: str, timeout: float) -> _TransactionalProducer:
+        errors = _Errors()
+        settings = self._settings(
+            errors,
+            **{"acks": "all", "enable.idempotence": True, "linger.ms": 0,
+               "message.max.bytes": record_limit(self.config),
+               "allow.auto.create.topics": False,
+               "transactional.id": transactional_id,
+               "transaction.timeout.ms": int(timeout * 1000),
+               # CONCURRENT_TRANSACTIONS lasts milliseconds: retry soon (the default, 100 ms, was
+               # the exactly-once latency tail with kafka-python).
+               "retry.backoff.ms": 10})
+        with translated("creating a transactional producer"):
+            producer = _TransactionalProducer(Producer(settings), self._explain)
+        try:
+            with translated(f"initialising transactions for {transactional_id}"):
+                producer.raw.init_transactions(30)
+        except BaseException:
+            producer.close(0)
+            raise
+        return producer
+
+    def consumer(self, group: str, *, from_end: bool, read_committed: bool, session_timeout: float,
+                 max_records: int = 500) -> _Consumer:
+        errors = _Errors()
+        settings = self._settings(
+            errors,
+            **{"group.id": group,
+               "auto.offset.reset": "latest" if from_end else "earliest",
+               "enable.auto.commit": False,
+               "enable.auto.offset.store": False,
+               "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+               "partition.assignment.strategy": "cooperative-sticky",
+               "session.timeout.ms": int(session_timeout * 1000),
+               "heartbeat.interval.ms": max(500, int(session_timeout * 1000 / 6)),
+               # A fetch returns as soon as a record arrives: a long wait costs no latency, and
+               # a short one would make idle consumers fetch continuously.
+               "fetch.wait.max.ms": 100,
+               "max.partition.fetch.bytes": record_limit(self.config),
+               "allow.auto.create.topics": False})
+        with translated("creating a consumer"):
+            return _Consumer(Consumer(settings), from_end, errors)
+
+    def admin(self, timeout: float = 30.0) -> _Admin:
+        errors = _Errors()
+        with translated("creating an admin client"):
+            client = AdminClient(self._settings(errors))
+        admin = _Admin(client, self.config, errors)
+        try:
+            client.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise TransportError(self._explain(exc, errors)) from exc
+        return admin
+
+    def _explain(self, exc: BaseException, errors: _Errors | None = None) -> str:
+        where = ",".join(self.config.bootstrap_servers)
+        said = (errors.last[-1] if errors and errors.last else _reason(exc))
+        if "Authentication failed" in said or "SASL authentication error" in said:
+            user = self.config.client_options.get("sasl.username")
+            detail = said.split(": ", 1)[-1] if "SASL authentication error" in said else said
+            return f"connecting to Kafka at {where}: authentication failed{f' for user {user!r}' if user else ''}: {detail}"
+        if "SSL handshake failed" in said:
+            return f"connecting to Kafka at {where}: TLS handshake failed: {said}"
+        protocol = str(self.config.client_options.get("security.protocol", "PLAINTEXT"))
+        return f"connecting to Kafka at {where}: {said}{tls_hint(self.config.bootstrap_servers[0], protocol, 'security.protocol')}"
+
+
+class _Poller:
+    """A thread serving a producer's delivery reports (they run only inside poll)."""
+
+    def __init__(self, producer: Producer, name: str) -> None:
+        self._producer = producer
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._producer.poll(0.1)
+            except Exception:  # a failing callback must not end the thread: every later report would be lost
+                log.exception("delivery report callback failed")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+
+
+class _Producer:
+    def __init__(self, producer: Producer, explain: Any) -> None:
+        self.raw = producer
+        self._explain = explain
+        self._poller = _Poller(producer, "kafka-delivery")
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
+                partition: int | None = None, on_delivery: OnDelivery | None = None) -> None:
+        callback = None
+        if on_delivery is not None:
+            def callback(error: KafkaError | None, _message: Any) -> None:
+                on_delivery(None if error is None else TransportError(f"producing to {topic}: {error.name()}: {error.str()}"))
+        try:
+            sent: Any = headers  # confluent-kafka's stubs want the header values' type wider
+            if partition is None:
+                self.raw.produce(topic, value, key, on_delivery=callback, headers=sent)
+            else:
+                self.raw.produce(topic, value, key, partition, on_delivery=callback, headers=sent)
+        except BufferError as exc:
+            raise TransportError(f"producing to {topic}: the local send queue is full ({exc})") from exc
+        except KafkaException as exc:
+            raise TransportError(f"producing to {topic}: {_reason(exc)}") from exc
+
+    def flush(self, timeout: float) -> None:
+        self.raw.flush(timeout)
+
+    def close(self, timeout: float) -> None:
+        left = self.raw.flush(timeout)
+        if left:
+            log.warning("%d records were not delivered before the producer closed", left)
+        self._poller.stop()
+
+
+class _TransactionalProducer(_Producer):
+    def begin(self) -> None:
+        with translated("beginning a transaction"):
+            self.raw.begin_transaction()
+
+    def commit(self, offsets: Offsets, group_metadata: Any) -> None:
+        with translated("committing a transaction"):
+            if offsets:
+                tps = _with_metadata(offsets)
+                self.raw.send_offsets_to_transaction(tps, group_metadata, 30)
+            self.raw.commit_transaction(30)
+
+    def abort(self) -> None:
+        with translated("aborting a transaction"):
+            self.raw.abort_transaction(30)
+
+
+class _Consumer:
+    def __init__(self, consumer: Consumer, from_end: bool, errors: _Errors) -> None:
+        self.raw = consumer
+        self._from_end = from_end
+        self._errors = errors
+        self._assigned: set[Partition] = set()
+
+    def subscribe(self, topics: list[str], on_assign: OnAssign, on_revoke: OnRevoke) -> None:
+        def assigned(consumer: Consumer, tps: list[TP]) -> None:
+            if self._from_end:
+                tps = [self._at_end(tp) for tp in tps]
+            consumer.incremental_assign(tps)
+            parts = [(tp.topic, tp.partition) for tp in tps]
+            self._assigned.update(parts)
+            on_assign(parts)
+
+        def revoked(consumer: Consumer, tps: list[TP], lost: bool = False) -> None:
+            parts = [(tp.topic, tp.partition) for tp in tps]
+            try:
+                offsets = on_revoke(parts, lost)
+                if offsets and not lost:
+                    self.commit(offsets, asynchronous=False)
+            except TransportError as exc:
+                log.warning("commit on revocation failed (the records will be redelivered): %s", exc)
+            finally:
+                self._assigned.difference_update(parts)
+                consumer.incremental_unassign(tps)
+
+        with translated(f"subscribing to {', '.join(topics)}"):
+            self.raw.subscribe(topics, on_assign=assigned, on_revoke=revoked,
+                               on_lost=lambda consumer, tps: revoked(consumer, tps, True))
+
+    def _at_end(self, tp: TP) -> TP:
+        # The end offset now, before any request may name the partition: its reply cannot fall
+        # before our position. OFFSET_END would be resolved later, by the fetcher.
+        for attempt in range(3):
+            try:
+                _low, high = self.raw.get_watermark_offsets(tp, timeout=5)
+                return TP(tp.topic, tp.partition, high)
+            except KafkaException as exc:
+                log.warning("reading the end offset of %s/%d failed (attempt %d): %s", tp.topic, tp.partition,
+                            attempt + 1, _reason(exc))
+        return TP(tp.topic, tp.partition, OFFSET_END)
+
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
+        with translated("fetching"):
+            first = self.raw.poll(timeout)
+            if first is None:
+                return []
+            messages = [first, *self.raw.consume(max_records - 1, 0)] if max_records > 1 else [first]
+        records = []
+        for m in messages:
+            error = m.error()
+            if error is not None:
+                if error.fatal():
+                    raise TransportError(f"fetching: {error.name()}: {error.str()}")
+                log.debug("fetching: %s", error.str())
+                continue
+            # A message without an error always has its topic, partition and offset.
+            # A header's value may be None (a null header): the wire module reads those as empty.
+            records.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),  # type: ignore[arg-type]
+                                  m.headers() or []))  # type: ignore[arg-type]
+        return records
+
+    def pause(self, partitions: list[Partition]) -> None:
+        with translated("pausing"):
+            self.raw.pause([TP(t, p) for t, p in partitions])
+
+    def resume(self, partitions: list[Partition]) -> None:
+        with translated("resuming"):
+            self.raw.resume([TP(t, p) for t, p in partitions])
+
+    def assignment(self) -> list[Partition]:
+        return sorted(self._assigned)
+
+    def commit(self, offsets: Offsets, asynchronous: bool) -> None:
+        if not offsets:
+            return
+        tps = _with_metadata(offsets)
+        try:
+            if asynchronous:
+                self.raw.commit(offsets=tps, asynchronous=True)
+                return
+            failed = [tp for tp in self.raw.commit(offsets=tps, asynchronous=False) if tp.error is not None]
+        except KafkaException as exc:
+            raise TransportError(f"committing offsets: {_reason(exc)}") from exc
+        if failed:
+            raise TransportError("committing offsets: " + ", ".join(f"{tp.topic}/{tp.partition}: {tp.error}" for tp in failed))
+
+    def committed(self, partitions: list[Partition]) -> dict[Partition, tuple[int, str] | None]:
+        with translated("reading committed offsets"):
+            found = self.raw.committed([TP(t, p) for t, p in partitions], timeout=10)
+        result: dict[Partition, tuple[int, str] | None] = {}
+        for tp in found:
+            ok = tp.error is None and tp.offset not in (OFFSET_INVALID, OFFSET_BEGINNING, OFFSET_END) and tp.offset >= 0
+            result[(tp.topic, tp.partition)] = (tp.offset, tp.metadata or "") if ok else None
+        return result
+
+    def seek(self, partition: Partition, offset: int | None) -> None:
+        with translated(f"seeking {partition[0]}/{partition[1]}"):
+            self.raw.seek(TP(partition[0], partition[1], OFFSET_BEGINNING if offset is None else offset))
+
+    def lag(self) -> dict[Partition, int] | None:
+        tps = [TP(t, p) for t, p in self._assigned]
+        if not tps:
+            return {}
+        lags: dict[Partition, int] = {}
+        try:
+            for tp in self.raw.position(tps):
+                if tp.offset < 0:
+                    continue  # not fetched yet
+                # The end offsets the last fetch responses carried: no request to the broker.
+                _low, high = self.raw.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        except KafkaException as exc:
+            log.debug("could not sample the consumer lag: %s", _reason(exc))
+            return None
+        return lags
+
+    def group_metadata(self) -> Any:
+        return self.raw.consumer_group_metadata()
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("closing a consumer: %s", exc)
+
+
+class _Admin:
+    def __init__(self, client: AdminClient, config: KafkaConfig, errors: _Errors) -> None:
+        self._client = client
+        self._config = config
+        self._errors = errors
+
+    def ensure_topics(self, partitions: Mapping[str, int]) -> None:
+        with translated("listing topics"):
+            existing = set(self._client.list_topics(timeout=30).topics)
+        missing = sorted(set(partitions) - existing)
+        if not missing:
+            return
+        if not self._config.create_topics:
+            raise MissingTopic(f"topic(s) missing and topic creation is off: {', '.join(missing)}")
+        replication = 1 if len(self._config.bootstrap_servers) == 1 else -1
+        new = [NewTopic(name, partitions[name], replication, config={"max.message.bytes": str(record_limit(self._config))})
+               for name in missing]
+        for name, future in self._client.create_topics(new, request_timeout=30).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                    raise TransportError(f"creating topic {name}: {_reason(exc)}") from exc
+        self._wait_for_leaders(missing, partitions)
+        log.info("created topics %s", ", ".join(missing))
+
+    def _wait_for_leaders(self, topics: list[str], partitions: Mapping[str, int]) -> None:
+        # A topic is usable once each of its partitions has a leader in the metadata.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with translated("reading topic metadata"):
+                metadata = self._client.list_topics(timeout=10).topics
+            ready = all(name in metadata and len(metadata[name].partitions) >= partitions[name]
+                        and all(p.leader >= 0 for p in metadata[name].partitions.values()) for name in topics)
+            if ready:
+                return
+            time.sleep(0.05)
+        raise TransportError(f"topics {', '.join(topics)} have no leader 30 s after their creation")
+
+    def healthy(self, timeout: float) -> bool:
+        try:
+            self._client.list_topics(timeout=timeout)
+            return True
+        except KafkaException as exc:
+            log.debug("kafka health check failed: %s", _reason(exc))
+            return False
+
+    def close(self) -> None:
+        pass  # AdminClient has no close; its threads end with it

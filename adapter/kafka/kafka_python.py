@@ -1,0 +1,427 @@
+"""The pure-Python engine: kafka-python. For platforms without librdkafka wheels (musl, PyPy,
+unusual architectures) and for Kerberos, which the librdkafka wheels lack.
+
+kafka-python runs a sender thread per producer and an I/O thread per client; its consumer
+calls the rebalance listener on that I/O thread while `poll` waits on the consumer's own. Settings
+from `[kafka.client]` / `--kafka-option` use kafka-python's names (``security_protocol``,
+``sasl_plain_username``...) and override ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, SaslAuthenticationFailedError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from adapter.config import KafkaConfig
+from adapter.errors import MissingTopic, TransportError
+from adapter.kafka.balanced import TopicBalancedAssignor
+from adapter.kafka.contract import Offsets, OnAssign, OnDelivery, OnRevoke, Partition, Record, record_limit
+from adapter.kafka.hints import tls_hint
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Re-raise kafka-python errors as `TransportError` saying what was being done."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise TransportError(f"{action}: {type(exc).__name__}: {exc}") from exc
+
+
+class _ConnectFailures(logging.Filter):
+    """Why kafka-python's connection attempts failed, taken from its log while clients connect.
+
+    kafka-python 3.0.12 retries a bootstrap whose SASL authentication or TLS handshake fails
+    until `bootstrap_timeout_ms` (30 s) and then raises a bare "Unable to bootstrap"; the
+    reason is only an argument of its "kafka.net.manager" log records. While a capture is open
+    that logger's level is lowered to WARNING, and this filter keeps hiding whatever the
+    logging setup hid before (the CLIs hide kafka-python's reconnection noise).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._logger = logging.getLogger("kafka.net.manager")
+        self._lock = threading.Lock()
+        self._captures: list[list[Exception]] = []
+        self._saved_level = logging.NOTSET
+        self._shown_from = logging.NOTSET
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[Exception]]:
+        errors: list[Exception] = []
+        with self._lock:
+            if not self._captures:
+                self._saved_level, self._shown_from = self._logger.level, self._logger.getEffectiveLevel()
+                self._logger.addFilter(self)
+                self._logger.setLevel(min(logging.WARNING, self._shown_from))
+            self._captures.append(errors)
+        try:
+            yield errors
+        finally:
+            with self._lock:
+                self._captures.remove(errors)
+                if not self._captures:
+                    self._logger.removeFilter(self)
+                    self._logger.setLevel(self._saved_level)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        failures = [arg for arg in args if isinstance(arg, (KafkaError, OSError))]
+        for errors in tuple(self._captures):
+            errors.extend(failures)
+        return record.levelno >= self._shown_from
+
+
+_connect_failures = _ConnectFailures()
+
+
+def _keep_data_read_before_eof() -> None:
+    """Work around kafka-python 3.0.12 dropping the bytes that arrive with a connection's end.
+
+    Its transports' `_sock_recv` returns `(data, error)` and the caller aborts on the error
+    without passing the data on. A broker that refuses SASL authentication sends its reason
+    and closes at once, so most attempts ended in a bare "socket disconnected". Returning the
+    data first lets it through; the next read reports the end again.
+    """
+    from kafka.net import transport
+
+    for cls in (transport.KafkaTCPTransport, transport.KafkaSSLTransport):
+        recv = cls.__dict__.get("_sock_recv")
+        if recv is None or getattr(recv, "keeps_data", False):
+            continue
+
+        def _sock_recv(self: Any, _recv: Any = recv) -> tuple[bytes, Exception | None]:
+            data, error = _recv(self)
+            return (data, None) if data else (data, error)
+
+        _sock_recv.keeps_data = True  # type: ignore[attr-defined]
+        cls._sock_recv = _sock_recv
+
+
+def _why(exc: KafkaError, failures: list[Exception], config: KafkaConfig) -> str:
+    """One line on why connecting failed: authentication, TLS, or what kafka-python said."""
+    options = config.client_options
+    for failure in reversed(failures):
+        if isinstance(failure, SaslAuthenticationFailedError):
+            detail = str(failure.args[0] if failure.args else failure).removeprefix("SaslAuthenticationFailedError: ")
+            user = options.get("sasl_plain_username")
+            return f"authentication failed{f' for user {user!r}' if user else ''}: {detail}"
+        if isinstance(failure.__context__, ssl.SSLError):  # kafka-python: "Handshake failed: ..."
+            return f"TLS handshake failed: {failure.__context__}"
+    said = f"{exc}" + (f" (last attempt: {failures[-1]})" if failures else "")
+    protocol = str(options.get("security_protocol", "PLAINTEXT"))
+    return said + tls_hint(config.bootstrap_servers[0], protocol, "security_protocol")
+
+
+class KafkaPythonEngine:
+    """`Engine` on kafka-python."""
+
+    name = "kafka-python"
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+
+    @contextlib.contextmanager
+    def _connecting(self) -> Iterator[None]:
+        action = f"connecting to Kafka at {','.join(self.config.bootstrap_servers)}"
+        _keep_data_read_before_eof()
+        with _connect_failures.capture() as failures:
+            try:
+                yield
+            except KafkaError as exc:
+                raise TransportError(f"{action}: {_why(exc, [f for f in failures if f != exc], self.config)}") from exc
+
+    def _settings(self, **ours: Any) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": list(self.config.bootstrap_servers),
+            "client_id": self.config.client_id,
+            **ours,
+            **self.config.client_options,
+        }
+
+    def producer(self, *, idempotent: bool = True, **extra: Any) -> _Producer:
+        # send() may block this long for a topic's metadata: short, as it runs on the event loop.
+        settings = self._settings(acks="all", linger_ms=0, max_request_size=record_limit(self.config),
+                                  max_block_ms=2000, **extra)
+        with self._connecting():
+            return _Producer(KafkaProducer(**settings))
+
+    def transactional_producer(self, transactional_id: str, timeout: float) -> _TransactionalProducer:
+        settings = self._settings(acks="all", linger_ms=0, max_request_size=record_limit(self.config), max_block_ms=5000,
+                                  transactional_id=transactional_id, transaction_timeout_ms=int(timeout * 1000),
+                                  retry_backoff_ms=10)
+        with self._connecting():
+            producer = _TransactionalProducer(KafkaProducer(**settings))
+        try:
+            with translated(f"initialising transactions for {transactional_id}"):
+                producer.raw.init_transactions()
+        except BaseException:
+            producer.close(0)
+            raise
+        return producer
+
+    def consumer(self, group: str, *, from_end: bool, read_committed: bool, session_timeout: float,
+                 max_records: int = 500) -> _Consumer:
+        settings = self._settings(
+            group_id=group,
+            auto_offset_reset="latest" if from_end else "earliest",
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=record_limit(self.config),
+            max_poll_records=max_records,
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
+            # Every topic spread evenly over the members, and a member joining or leaving moves
+            # only the partitions that must move (adapter.kafka.balanced).
+            partition_assignment_strategy=[TopicBalancedAssignor],
+            session_timeout_ms=int(session_timeout * 1000),
+            heartbeat_interval_ms=max(500, int(session_timeout * 1000 / 6)),
+            fetch_max_wait_ms=100,
+        )
+        with self._connecting():
+            return _Consumer(KafkaConsumer(**settings), from_end)
+
+    def admin(self, timeout: float = 30.0) -> _Admin:
+        def connect(timeout: float) -> KafkaAdminClient:
+            with self._connecting():
+                return KafkaAdminClient(**self._settings(request_timeout_ms=int(timeout * 1000),
+                                                         bootstrap_timeout_ms=int(timeout * 1000)))
+
+        return _Admin(connect(timeout), connect, self.config)
+
+
+class _Producer:
+    def __init__(self, producer: KafkaProducer) -> None:
+        self.raw = producer
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
+                partition: int | None = None, on_delivery: OnDelivery | None = None) -> None:
+        with translated(f"producing to {topic}"):
+            future = self.raw.send(topic, value=value, key=key, headers=list(headers), partition=partition)
+        if on_delivery is not None:
+            future.add_callback(lambda _: on_delivery(None))
+            future.add_errback(lambda exc: on_delivery(TransportError(f"producing to {topic}: {type(exc).__name__}: {exc}")))
+
+    def flush(self, timeout: float) -> None:
+        with translated("flushing"):
+            self.raw.flush(timeout)
+
+    def close(self, timeout: float) -> None:
+        try:
+            self.raw.close(timeout)
+        except KafkaError as exc:
+            log.debug("closing a producer: %s", exc)
+
+
+class _TransactionalProducer(_Producer):
+    def begin(self) -> None:
+        with translated("beginning a transaction"):
+            self.raw.begin_transaction()
+
+    def commit(self, offsets: Offsets, group_metadata: Any) -> None:
+        with translated("committing a transaction"):
+            if offsets:
+                commit = {TopicPartition(t, p): OffsetAndMetadata(o, meta, -1) for (t, p), (o, meta) in offsets.items()}
+                self.raw.send_offsets_to_transaction(commit, group_metadata)
+            self.raw.commit_transaction()
+
+    def abort(self) -> None:
+        with translated("aborting a transaction"):
+            self.raw.abort_transaction()
+
+
+class _Listener(ConsumerRebalanceListener):
+    """kafka-python's rebalance listener, on its I/O thread while the consumer's thread polls."""
+
+    def __init__(self, owner: _Consumer, on_assign: OnAssign, on_revoke: OnRevoke) -> None:
+        self._owner, self._on_assign, self._on_revoke = owner, on_assign, on_revoke
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._revoke(revoked, lost=False)
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self._revoke(lost, lost=True)
+
+    def _revoke(self, tps: set[TopicPartition], lost: bool) -> None:
+        if not tps:
+            return
+        parts = sorted((tp.topic, tp.partition) for tp in tps)
+        self._owner.unresolved.difference_update(parts)
+        offsets = self._on_revoke(parts, lost)
+        if offsets and not lost:
+            # A blocking commit is refused on this thread; the asynchronous one still goes out
+            # before the group is joined again.
+            try:
+                self._owner.commit(offsets, asynchronous=True)
+            except TransportError as exc:
+                log.warning("commit on revocation failed (the records will be redelivered): %s", exc)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        parts = sorted((tp.topic, tp.partition) for tp in assigned)
+        if self._owner.from_end:
+            self._owner.unresolved.update(parts)  # resolved on the polling thread, then announced
+        elif parts:
+            self._on_assign(parts)
+
+
+class _Consumer:
+    def __init__(self, consumer: KafkaConsumer, from_end: bool) -> None:
+        self.raw = consumer
+        self.from_end = from_end
+        self.unresolved: set[Partition] = set()
+        self._on_assign: OnAssign | None = None
+
+    def subscribe(self, topics: list[str], on_assign: OnAssign, on_revoke: OnRevoke) -> None:
+        self._on_assign = on_assign
+        with translated(f"subscribing to {', '.join(topics)}"):
+            self.raw.subscribe(topics, listener=_Listener(self, on_assign, on_revoke))
+            # Metadata after subscribing, before the first poll: else the group is joined twice.
+            for topic in topics:
+                self.raw.partitions_for_topic(topic)
+
+    def poll(self, timeout: float, max_records: int) -> list[Record]:
+        with translated("fetching"):
+            batches = self.raw.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+            if self.unresolved:
+                self._resolve()
+        return [Record(r.topic, r.partition, r.offset, r.key, r.value, [(n, bytes(v or b"")) for n, v in r.headers or ()])
+                for records in batches.values() for r in records]
+
+    def _resolve(self) -> None:
+        # position() makes the consumer fetch the end offset now; only then may a request name
+        # the partition, so its reply cannot fall before our position.
+        parts = sorted(self.unresolved)
+        for t, p in parts:
+            tp = TopicPartition(t, p)
+            self.raw.seek_to_end(tp)
+            self.raw.position(tp)
+        self.unresolved.clear()
+        assert self._on_assign is not None
+        self._on_assign(parts)
+
+    def pause(self, partitions: list[Partition]) -> None:
+        self.raw.pause(*(TopicPartition(t, p) for t, p in partitions))
+
+    def resume(self, partitions: list[Partition]) -> None:
+        self.raw.resume(*(TopicPartition(t, p) for t, p in partitions))
+
+    def assignment(self) -> list[Partition]:
+        return sorted((tp.topic, tp.partition) for tp in self.raw.assignment())
+
+    def commit(self, offsets: Offsets, asynchronous: bool) -> None:
+        if not offsets:
+            return
+        commit = {TopicPartition(t, p): OffsetAndMetadata(o, meta, -1) for (t, p), (o, meta) in offsets.items()}
+        try:
+            if asynchronous:
+                self.raw.commit_async(commit, _commit_done)
+            else:
+                self.raw.commit(commit)
+        except Exception as exc:  # kafka-python raises more than KafkaError while the broker is away
+            raise TransportError(f"committing offsets: {type(exc).__name__}: {exc}") from exc
+
+    def committed(self, partitions: list[Partition]) -> dict[Partition, tuple[int, str] | None]:
+        result: dict[Partition, tuple[int, str] | None] = {}
+        with translated("reading committed offsets"):
+            for t, p in partitions:
+                found = self.raw.committed(TopicPartition(t, p), metadata=True)
+                result[(t, p)] = None if found is None else (found.offset, found.metadata or "")
+        return result
+
+    def seek(self, partition: Partition, offset: int | None) -> None:
+        tp = TopicPartition(*partition)
+        with translated(f"seeking {partition[0]}/{partition[1]}"):
+            if offset is None:
+                self.raw.seek_to_beginning(tp)
+            else:
+                self.raw.seek(tp, offset)
+
+    def lag(self) -> dict[Partition, int] | None:
+        # Every fetch response carries the partition's end offset (highwater), so this asks
+        # the broker nothing, except for paused partitions: they are not fetched meanwhile.
+        consumer = self.raw
+        paused = consumer.paused()
+        ends = {tp: consumer.highwater(tp) for tp in consumer.assignment() if tp not in paused}
+        lags: dict[Partition, int] = {}
+        try:
+            if paused:
+                ends.update(consumer.end_offsets(list(paused), timeout_ms=1000))
+            for tp, end in ends.items():
+                position = None if end is None else consumer.position(tp, timeout_ms=0)
+                if position is not None:  # both are known once the partition has been fetched
+                    lags[(tp.topic, tp.partition)] = max(0, end - position)
+        except KafkaError as exc:
+            log.debug("could not sample the consumer lag: %s", exc)
+            return None
+        return lags
+
+    def group_metadata(self) -> Any:
+        return self.raw.group_metadata()
+
+    def close(self) -> None:
+        try:
+            self.raw.close(autocommit=False)
+        except KafkaError as exc:
+            log.debug("closing a consumer: %s", exc)
+
+
+def _commit_done(offsets: Any, result: Any) -> None:
+    if isinstance(result, Exception):
+        log.warning("commit failed (the records will be redelivered): %s", result)
+
+
+class _Admin:
+    def __init__(self, client: KafkaAdminClient, connect: Callable[[float], KafkaAdminClient], config: KafkaConfig) -> None:
+        self._client: KafkaAdminClient | None = client
+        self._connect = connect
+        self._config = config
+        self._lock = threading.Lock()
+
+    def ensure_topics(self, partitions: Mapping[str, int]) -> None:
+        client = self._client or self._connect(30.0)
+        with translated("listing topics"):
+            existing = set(client.list_topics())
+        missing = sorted(set(partitions) - existing)
+        if not missing:
+            return
+        if not self._config.create_topics:
+            raise MissingTopic(f"topic(s) missing and topic creation is off: {', '.join(missing)}")
+        new = [
+            NewTopic(name, partitions[name], 1 if len(self._config.bootstrap_servers) == 1 else -1,
+                     topic_configs={"max.message.bytes": str(record_limit(self._config))})
+            for name in missing
+        ]
+        try:
+            with translated(f"creating topics {', '.join(missing)}"):
+                client.create_topics(new, wait_for_metadata=True)
+        except TransportError as exc:
+            if not isinstance(exc.__cause__, TopicAlreadyExistsError):
+                raise
+        log.info("created topics %s", ", ".join(missing))
+
+    def healthy(self, timeout: float) -> bool:
+        with self._lock:
+            try:
+                if self._client is None:
+                    self._client = self._connect(timeout)
+                self._client.describe_cluster()
+                return True
+            except Exception as exc:  # any failure means "not reachable now"
+                log.debug("kafka health check failed: %s", exc)
+                # A kafka-python admin client does not always recover from a broker restart.
+                self.close()
+                return False
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
