@@ -19,6 +19,8 @@ MiB = 1024 * 1024
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 #: Kafka client libraries ("engines") the project runs on; the first is the default.
 KAFKA_CLIENTS = ("confluent", "kafka-python")
+#: Consumer group protocols a handler group may use (`WorkerConfig.group_protocol`).
+GROUP_PROTOCOLS = ("auto", "consumer", "classic")
 _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9.:_-]*\]?:\d{1,5}$")
 
 
@@ -177,6 +179,10 @@ class WorkerConfig:
     metrics_port: int | None = None
     #: Commit replies and the offsets of the requests they answer in Kafka transactions.
     exactly_once: bool = False
+    #: How the group shares partitions: ``consumer`` (KIP-848, Kafka 4.0+: the broker spreads each
+    #: topic evenly), ``classic`` (the pre-4.0 protocol, cooperative), or ``auto``: consumer on the
+    #: confluent engine, classic on kafka-python (which has only that, with a per-topic assignor).
+    group_protocol: str = "auto"
     #: The transactional producer's id (exactly-once mode). Keep it stable per process slot, so
     #: a restarted process aborts its predecessor's open transaction at once; None: a unique one.
     transactional_id: str | None = None
@@ -197,5 +203,16 @@ class WorkerConfig:
         _port("metrics_port", self.metrics_port)
         if self.transactional_id is not None and not (self.exactly_once and self.transactional_id.strip()):
             raise ConfigError("transactional_id: needs exactly_once, and must not be blank")
+        if self.group_protocol not in GROUP_PROTOCOLS:
+            raise ConfigError(f"group_protocol: {self.group_protocol!r} is not one of {', '.join(GROUP_PROTOCOLS)}")
+        if self.group_protocol == "consumer" and self.kafka.client == "kafka-python":
+            raise ConfigError("group_protocol: kafka-python has no consumer protocol (KIP-848); use classic or auto")
         if not 6 <= self.session_timeout <= 1800:
             raise ConfigError(f"session_timeout must be within the broker's limits, 6 to 1800 s; got {self.session_timeout}")
+
+    @property
+    def protocol(self) -> str:
+        """The group protocol in effect: `group_protocol`, with ``auto`` resolved for the engine."""
+        if self.group_protocol != "auto":
+            return self.group_protocol
+        return "classic" if self.kafka.client == "kafka-python" else "consumer"

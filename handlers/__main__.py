@@ -45,6 +45,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default %(default)s)")
     parser.add_argument("--session-timeout", type=float, default=10.0,
                         help="seconds after which a dead process's partitions move to the others (default %(default)s)")
+    parser.add_argument("--group-protocol", default="auto", choices=["auto", "consumer", "classic"],
+                        help="consumer: KIP-848 (Kafka 4.0+), the broker spreads each topic's partitions evenly; "
+                        "classic: the older protocol (cooperative-sticky on confluent, balanced per topic on "
+                        "kafka-python); auto: consumer on confluent, classic on kafka-python (default %(default)s)")
     parser.add_argument("--exactly-once", action="store_true",
                         help="commit each reply and its request's offset in one Kafka transaction "
                         "(see docs/reliability.md; replies then wait for the commit)")
@@ -89,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             dead_letter_topic=args.dead_letter_topic,
             dedupe_window=args.dedupe_window,
             metrics_port=args.metrics_port,
+            group_protocol=args.group_protocol,
             exactly_once=args.exactly_once,
             transactional_id=args.transactional_id,
         )

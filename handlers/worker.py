@@ -103,7 +103,8 @@ class Worker:
             admin.close()
         self._consumer = await self._on_kafka_thread(
             self._engine.consumer, self.config.group, from_end=False, read_committed=self.config.exactly_once,
-            session_timeout=self.config.session_timeout, max_records=self.config.max_pending)
+            session_timeout=self.config.session_timeout, max_records=self.config.max_pending,
+            protocol=self.config.protocol)
         if self.config.exactly_once:
             self.txn = Transactions(self.config, self._engine, lambda: self._group_metadata, self.tracker,
                                     self.metrics, self._handoff)

@@ -388,6 +388,11 @@ auto.create.topics.enable=true
 num.partitions=1
 default.replication.factor=1
 group.initial.rebalance.delay.ms=0
+# Consumer-protocol groups (KIP-848): let a group ask for a session timeout as short as a classic
+# group's (handlers set theirs, 10 s by default), and reconcile assignments within a second.
+group.consumer.min.session.timeout.ms=6000
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=1000
 EOF
     if secure; then
         cat >>"$PROPS.tmp" <<EOF

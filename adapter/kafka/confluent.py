@@ -20,7 +20,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as TP
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
 from adapter.config import KafkaConfig
 from adapter.errors import MissingTopic, TransportError
@@ -119,25 +119,48 @@ class ConfluentEngine:
         return producer
 
     def consumer(self, group: str, *, from_end: bool, read_committed: bool, session_timeout: float,
-                 max_records: int = 500) -> _Consumer:
+                 max_records: int = 500, protocol: str = "classic") -> _Consumer:
         errors = _Errors()
-        settings = self._settings(
-            errors,
-            **{"group.id": group,
-               "auto.offset.reset": "latest" if from_end else "earliest",
-               "enable.auto.commit": False,
-               "enable.auto.offset.store": False,
-               "isolation.level": "read_committed" if read_committed else "read_uncommitted",
-               "partition.assignment.strategy": "cooperative-sticky",
-               "session.timeout.ms": int(session_timeout * 1000),
-               "heartbeat.interval.ms": max(500, int(session_timeout * 1000 / 6)),
-               # A fetch returns as soon as a record arrives: a long wait costs no latency, and
-               # a short one would make idle consumers fetch continuously.
-               "fetch.wait.max.ms": 100,
-               "max.partition.fetch.bytes": record_limit(self.config),
-               "allow.auto.create.topics": False})
+        ours: dict[str, Any] = {
+            "group.id": group,
+            "auto.offset.reset": "latest" if from_end else "earliest",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+            # A fetch returns as soon as a record arrives: a long wait costs no latency, and
+            # a short one would make idle consumers fetch continuously.
+            "fetch.wait.max.ms": 100,
+            "max.partition.fetch.bytes": record_limit(self.config),
+            "allow.auto.create.topics": False,
+        }
+        if protocol == "consumer":
+            # KIP-848: the broker assigns, `range` spreading each topic evenly over the members;
+            # rebalances are incremental. Session timeout and heartbeats are the group's settings.
+            ours.update({"group.protocol": "consumer", "group.remote.assignor": "range"})
+            self._set_group_session_timeout(group, session_timeout)
+        else:
+            ours.update({"partition.assignment.strategy": "cooperative-sticky",
+                         "session.timeout.ms": int(session_timeout * 1000),
+                         "heartbeat.interval.ms": max(500, int(session_timeout * 1000 / 6))})
         with translated("creating a consumer"):
-            return _Consumer(Consumer(settings), from_end, errors)
+            return _Consumer(Consumer(self._settings(errors, **ours)), from_end, errors)
+
+    def _set_group_session_timeout(self, group: str, timeout: float) -> None:
+        """Ask the broker for `timeout` as the group's session timeout (KIP-848 groups keep it there).
+
+        Brokers refuse values below `group.consumer.min.session.timeout.ms` (45 s by default) and
+        clients without ALTER_CONFIGS on the group: then the broker's setting stays, and we say so."""
+        errors = _Errors()
+        value = str(int(timeout * 1000))
+        entry = ConfigEntry("consumer.session.timeout.ms", value, incremental_operation=AlterConfigOpType.SET)
+        try:
+            client = AdminClient(self._settings(errors))
+            resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])
+            for future in client.incremental_alter_configs([resource], request_timeout=10).values():
+                future.result()
+        except KafkaException as exc:
+            log.warning("group %s keeps the broker's session timeout (a dead process's partitions move after it), "
+                        "not %g s: %s", group, timeout, _reason(exc))
 
     def admin(self, timeout: float = 30.0) -> _Admin:
         errors = _Errors()

@@ -140,10 +140,13 @@ class Engine(Protocol):
         """A transactional producer, initialised (earlier producers with the id fenced)."""
 
     def consumer(self, group: str, *, from_end: bool, read_committed: bool, session_timeout: float,
-                 max_records: int = 500) -> Consumer:
+                 max_records: int = 500, protocol: str = "classic") -> Consumer:
         """A group member. `from_end`: newly assigned partitions start at their end offset, resolved
         before `on_assign` runs, and offsets are never committed (reply readers). Else reading
-        starts at the committed offset, or the beginning."""
+        starts at the committed offset, or the beginning.
+
+        `protocol`: ``classic`` (cooperative rebalancing, the client's assignor) or ``consumer``
+        (KIP-848: the broker assigns each topic's partitions evenly, the `range` assignor)."""
 
     def admin(self, timeout: float = 30.0) -> Admin:
         """An admin client; raises `TransportError` saying why if Kafka cannot be reached."""

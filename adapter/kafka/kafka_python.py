@@ -22,7 +22,7 @@ from kafka.errors import KafkaError, SaslAuthenticationFailedError, TopicAlready
 from kafka.structs import OffsetAndMetadata
 
 from adapter.config import KafkaConfig
-from adapter.errors import MissingTopic, TransportError
+from adapter.errors import ConfigError, MissingTopic, TransportError
 from adapter.kafka.balanced import TopicBalancedAssignor
 from adapter.kafka.contract import Offsets, OnAssign, OnDelivery, OnRevoke, Partition, Record, record_limit
 from adapter.kafka.hints import tls_hint
@@ -172,7 +172,9 @@ class KafkaPythonEngine:
         return producer
 
     def consumer(self, group: str, *, from_end: bool, read_committed: bool, session_timeout: float,
-                 max_records: int = 500) -> _Consumer:
+                 max_records: int = 500, protocol: str = "classic") -> _Consumer:
+        if protocol != "classic":
+            raise ConfigError("group_protocol: kafka-python has no consumer protocol (KIP-848); use classic")
         settings = self._settings(
             group_id=group,
             auto_offset_reset="latest" if from_end else "earliest",
