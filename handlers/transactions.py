@@ -146,9 +146,13 @@ class Transactions:
             except Exception as exc:
                 log.warning("transaction aborted, its calls will run again: %s: %s", type(exc).__name__, exc)
                 self._metrics.transactions.labels("aborted").inc()
-                self.failed = True
-                await self._abort()
-                self._committed.clear()
+                try:
+                    await self._abort()
+                finally:
+                    self._committed.clear()
+                    # Only now, with a producer ready for the next transaction, may the caller
+                    # rewind and resume; sends wait meanwhile (the finally below leaves them shut).
+                    self.failed = True
                 return False
             else:
                 self._committed.update(changed)

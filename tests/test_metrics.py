@@ -24,6 +24,7 @@ from adapter import metrics, wire
 from adapter.config import FrontendConfig, KafkaConfig, WorkerConfig
 from adapter.errors import ConfigError
 from adapter.gateway import Gateway
+from adapter.kafka import kafka_python
 from adapter.memory import MemoryTransport, ReplyRecord
 from adapter.metrics import FrontendMetrics, HandlerMetrics
 from adapter.protoset import ProtoSet
@@ -31,7 +32,6 @@ from handlers.calls import Calls
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
 from handlers.registry import collect
-from handlers.worker import Worker
 from tests import procs
 from tests.kitchen_service import Kitchen
 
@@ -214,7 +214,7 @@ def test_handler_counts_expired_unknown_method_dedupe_hits_and_dropped_frames() 
 
 
 class FakeConsumer:
-    """What Worker._lag asks of a kafka-python consumer."""
+    """What the kafka-python engine's lag sampling asks of a kafka-python consumer."""
 
     def __init__(self, highwater: dict[TopicPartition, int | None], positions: dict[TopicPartition, int],
                  paused: set[TopicPartition], ends: dict[TopicPartition, int]) -> None:
@@ -239,22 +239,20 @@ class FakeConsumer:
 def test_consumer_lag_per_partition_from_highwater_or_end_offsets_when_paused() -> None:
     a0, a1, a2, b0 = TopicPartition("a", 0), TopicPartition("a", 1), TopicPartition("a", 2), TopicPartition("b", 0)
     handler = HandlerMetrics(CollectorRegistry())
-    worker = Worker(WorkerConfig(kafka=KafkaConfig()), {}, {}, handler)
     # a/0 fetched and behind by 5; a/1 not fetched yet; b/0 paused: its end is asked for.
-    worker._consumer = FakeConsumer({a0: 15, a1: None}, {a0: 10, a1: 0, b0: 3}, {b0}, {b0: 42})
-    handler.set_lag(worker._lag() or {})
+    consumer = kafka_python._Consumer(FakeConsumer({a0: 15, a1: None}, {a0: 10, a1: 0, b0: 3}, {b0}, {b0: 42}), False)
+    handler.set_lag(consumer.lag() or {})
     samples = scrape(handler.registry)
     assert get(samples, "kafka_rpc_handler_consumer_lag", topic="a", partition="0") == 5
     assert get(samples, "kafka_rpc_handler_consumer_lag", topic="a", partition="1") is None
     assert get(samples, "kafka_rpc_handler_consumer_lag", topic="b", partition="0") == 39
     # After a rebalance only a/2 is ours: the others' series go.
-    worker._consumer = FakeConsumer({a2: 7}, {a2: 7}, set(), {})
-    handler.set_lag(worker._lag() or {})
+    consumer = kafka_python._Consumer(FakeConsumer({a2: 7}, {a2: 7}, set(), {}), False)
+    handler.set_lag(consumer.lag() or {})
     samples = scrape(handler.registry)
     assert get(samples, "kafka_rpc_handler_consumer_lag", topic="a", partition="2") == 0
     assert [k for k in samples if k[0] == "kafka_rpc_handler_consumer_lag"] == [
         ("kafka_rpc_handler_consumer_lag", (("partition", "2"), ("topic", "a")))]
-    worker.dispatcher.close()
 
 
 def test_endpoint_serves_the_registry_over_http() -> None:

@@ -11,9 +11,10 @@ import threading
 from typing import Any
 
 import pytest
-from kafka.errors import KafkaError
 
 from adapter.config import KafkaConfig, WorkerConfig
+from adapter.errors import TransportError
+from adapter.kafka.handoff import Handoff
 from adapter.metrics import HandlerMetrics
 from handlers import transactions
 from handlers.offsets import OffsetTracker, decode_done
@@ -29,42 +30,48 @@ class Producer:
         self.hold.set()
         self.fail_commit = False
 
-    def init_transactions(self) -> None:
-        self.log.append("init")
-
-    def begin_transaction(self) -> None:
+    def begin(self) -> None:
         self.log.append("begin")
 
-    def send(self, topic: str, **kwargs: Any) -> str:
+    def produce(self, topic: str, value: Any, key: Any, headers: Any, partition: Any = None, on_delivery: Any = None) -> None:
         self.log.append(("send", topic))
-        return "future"
 
-    def send_offsets_to_transaction(self, offsets: dict[Any, Any], group: Any) -> None:
-        self.log.append(("offsets", {(tp.topic, tp.partition): (o.offset, o.metadata) for tp, o in offsets.items()}))
-
-    def commit_transaction(self) -> None:
+    def commit(self, offsets: Any, group: Any) -> None:
+        if offsets:
+            self.log.append(("offsets", dict(offsets)))
         self.hold.wait(5)
         if self.fail_commit:
-            raise KafkaError("broker went away")
+            raise TransportError("committing a transaction: broker went away")
         self.log.append("commit")
 
-    def abort_transaction(self) -> None:
+    def abort(self) -> None:
         self.log.append("abort")
+
+    def flush(self, timeout: Any = None) -> None:
+        pass
 
     def close(self, timeout: Any = None) -> None:
         self.log.append("close")
 
 
+class Engine:
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+
+    def transactional_producer(self, transactional_id: str, timeout: float) -> Producer:
+        self.producer.log.append("init")
+        return self.producer
+
+
 @pytest.fixture
-def producer(monkeypatch: pytest.MonkeyPatch) -> Producer:
-    fake = Producer()
-    monkeypatch.setattr(transactions, "make_producer", lambda *args, **kwargs: fake)
-    return fake
+def producer() -> Producer:
+    return Producer()
 
 
-def new(tracker: OffsetTracker) -> Transactions:
+def new(tracker: OffsetTracker, producer: Producer) -> Transactions:
     config = WorkerConfig(kafka=KafkaConfig(), exactly_once=True, transactional_id="t1")
-    return Transactions(config, lambda: "group-metadata", tracker, HandlerMetrics())
+    handoff = Handoff(asyncio.get_running_loop())
+    return Transactions(config, Engine(producer), lambda: "group-metadata", tracker, HandlerMetrics(), handoff)  # type: ignore[arg-type]
 
 
 def test_a_commit_carries_the_offsets_and_done_records_of_its_replies(producer: Producer) -> None:
@@ -72,7 +79,7 @@ def test_a_commit_carries_the_offsets_and_done_records_of_its_replies(producer: 
         tracker = OffsetTracker()
         for offset in (10, 11, 12):
             tracker.add("req", 0, offset)
-        txn = new(tracker)
+        txn = new(tracker, producer)
         await txn.start()
         await txn.send("replies", b"r", None, [])
         tracker.done("req", 0, 11)  # its reply is in this transaction; 10 still runs
@@ -91,7 +98,7 @@ def test_a_commit_carries_the_offsets_and_done_records_of_its_replies(producer: 
 def test_sends_wait_while_a_commit_runs(producer: Producer) -> None:
     async def run() -> None:
         tracker = OffsetTracker()
-        txn = new(tracker)
+        txn = new(tracker, producer)
         await txn.start()
         await txn.send("replies", b"1", None, [])
         producer.hold.clear()
@@ -114,7 +121,7 @@ def test_sends_wait_while_a_commit_runs(producer: Producer) -> None:
 def test_an_aborted_transaction_holds_sends_until_the_caller_resumes(producer: Producer) -> None:
     async def run() -> None:
         tracker = OffsetTracker()
-        txn = new(tracker)
+        txn = new(tracker, producer)
         await txn.start()
         await txn.send("replies", b"1", None, [])
         producer.fail_commit = True
@@ -143,7 +150,7 @@ def test_too_many_done_records_to_name_keep_the_transaction_open(producer: Produ
             tracker.add("req", 0, offset)
         for offset in range(1, 100, 3):
             tracker.done("req", 0, offset)
-        txn = new(tracker)
+        txn = new(tracker, producer)
         await txn.start()
         await txn.send("replies", b"r", None, [])
         assert await txn.commit()

@@ -199,6 +199,9 @@ class _Poller:
         while not self._stopping.is_set():
             try:
                 self._producer.poll(0.1)
+            except KafkaException as exc:  # a fatal error (fenced, say): whoever uses the producer sees it too
+                log.debug("producer: %s", _reason(exc))
+                self._stopping.wait(0.1)
             except Exception:  # a failing callback must not end the thread: every later report would be lost
                 log.exception("delivery report callback failed")
 
@@ -365,13 +368,21 @@ class _Consumer:
             return {}
         lags: dict[Partition, int] = {}
         try:
+            unread = []
             for tp in self.raw.position(tps):
-                if tp.offset < 0:
-                    continue  # not fetched yet
                 # The end offsets the last fetch responses carried: no request to the broker.
-                _low, high = self.raw.get_watermark_offsets(tp, cached=True)
-                if high >= 0:
+                low, high = self.raw.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    continue  # not fetched yet
+                if tp.offset >= 0:
                     lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+                else:  # nothing read since it was assigned: reading starts at the committed offset
+                    unread.append((tp, max(low, 0), high))
+            if unread:
+                committed = {(c.topic, c.partition): c.offset for c in self.raw.committed([tp for tp, _, _ in unread], timeout=1)}
+                for tp, low, high in unread:
+                    start = committed.get((tp.topic, tp.partition), -1)
+                    lags[(tp.topic, tp.partition)] = max(0, high - (start if start >= 0 else low))
         except KafkaException as exc:
             log.debug("could not sample the consumer lag: %s", _reason(exc))
             return None
