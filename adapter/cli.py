@@ -115,7 +115,7 @@ def _read_file(path: Path, section: str, known: set[str]) -> tuple[dict[str, Any
             if table == "kafka" and key == "client":
                 if not isinstance(value, dict):
                     raise ConfigError(f"config: [kafka.client] in {path} must be a table")
-                client.update(value)
+                client.update(_dotted(value))
                 continue
             dest = key.replace("-", "_")
             if dest == "create_topics":
@@ -127,6 +127,17 @@ def _read_file(path: Path, section: str, known: set[str]) -> tuple[dict[str, Any
     if unknown:
         raise ConfigError(f"config: unknown table(s) {', '.join(sorted(unknown))} in {path}")
     return values, client
+
+
+def _dotted(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """librdkafka's dotted names written bare in TOML (security.protocol = ...) are nested tables: flatten them."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _from_text(action: argparse.Action, raw: str) -> Any:

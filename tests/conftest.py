@@ -22,6 +22,19 @@ def _reachable(address: str) -> bool:
         return False
 
 
+def engine() -> str:
+    """The Kafka engine under test: KAFKA_RPC_KAFKA_CLIENT (which the processes read too), or the default."""
+    from adapter.config import KAFKA_CLIENTS
+
+    return os.environ.get("KAFKA_RPC_KAFKA_CLIENT") or KAFKA_CLIENTS[0]
+
+
+@pytest.fixture(scope="session")
+def kafka_client() -> str:
+    """The Kafka engine under test (`engine()`), for configs built in the test's own process."""
+    return engine()
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     """Bootstrap address of a real broker: KAFKA_BOOTSTRAP_SERVERS, or the local one (started if needed)."""

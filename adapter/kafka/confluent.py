@@ -12,6 +12,7 @@ Settings from `[kafka.client]` / `--kafka-option` use librdkafka's dotted names
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -50,6 +51,10 @@ def translated(action: str) -> Iterator[None]:
 def _with_metadata(offsets: Offsets) -> list[TP]:
     # confluent-kafka takes no None for metadata: leave it out when there is none.
     return [TP(t, p, offset, metadata=meta) if meta else TP(t, p, offset) for (t, p), (offset, meta) in offsets.items()]
+
+
+#: Words of librdkafka's errors that retrying cannot fix: a refused password, certificate or protocol.
+_HOPELESS = ("SASL authentication error", "SSL handshake failed", "incorrect security.protocol")
 
 
 class _Errors:
@@ -166,22 +171,32 @@ class ConfluentEngine:
         errors = _Errors()
         with translated("creating an admin client"):
             client = AdminClient(self._settings(errors))
-        admin = _Admin(client, self.config, errors)
-        try:
-            client.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            raise TransportError(self._explain(exc, errors)) from exc
-        return admin
+        # librdkafka retries a failing connection for ever; a refused password, certificate or
+        # protocol will not fix itself, so those end the wait at once.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+                return _Admin(client, self.config, errors)
+            except KafkaException as exc:
+                client.poll(0)  # serves the error callback: why the connection failed
+                hopeless = any(word in said for said in errors.last for word in _HOPELESS)
+                if hopeless or time.monotonic() >= deadline:
+                    raise TransportError(self._explain(exc, errors)) from exc
 
     def _explain(self, exc: BaseException, errors: _Errors | None = None) -> str:
         where = ",".join(self.config.bootstrap_servers)
-        said = (errors.last[-1] if errors and errors.last else _reason(exc))
-        if "Authentication failed" in said or "SASL authentication error" in said:
+        seen = errors.last if errors else []
+        telling = [e for e in seen if any(word in e for word in _HOPELESS)]
+        said = (telling or seen or [_reason(exc)])[-1]
+        said = re.sub(r"^\w+://\S+?/(bootstrap|\d+): ", "", said)
+        said = re.sub(r" \(after \d+ms in state \w+\)$", "", said)
+        if "SASL authentication error" in said:
             user = self.config.client_options.get("sasl.username")
-            detail = said.split(": ", 1)[-1] if "SASL authentication error" in said else said
+            detail = said.split("SASL authentication error: ", 1)[-1]
             return f"connecting to Kafka at {where}: authentication failed{f' for user {user!r}' if user else ''}: {detail}"
         if "SSL handshake failed" in said:
-            return f"connecting to Kafka at {where}: TLS handshake failed: {said}"
+            return f"connecting to Kafka at {where}: TLS handshake failed: {said.split('SSL handshake failed: ', 1)[-1]}"
         protocol = str(self.config.client_options.get("security.protocol", "PLAINTEXT"))
         return f"connecting to Kafka at {where}: {said}{tls_hint(self.config.bootstrap_servers[0], protocol, 'security.protocol')}"
 
