@@ -30,7 +30,7 @@ import grpc.aio
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 
-from adapter.config import KafkaConfig, ReplyConfig
+from adapter.config import KAFKA_CLIENTS, KafkaConfig, ReplyConfig
 from adapter.errors import ConfigError
 from adapter.requester import Requester
 from adapter.routing import Route, routes_for
@@ -69,6 +69,7 @@ class AioKafkaChannel(grpc.aio.Channel):
         *,
         bootstrap_servers: str | Sequence[str] | None = None,
         topic_prefix: str | None = None,
+        kafka_client: str | None = None,
         kafka: KafkaConfig | None = None,
         reply_topic: str = REPLY_TOPIC,
         reply_partitions: int = 16,
@@ -78,16 +79,18 @@ class AioKafkaChannel(grpc.aio.Channel):
         """Connect to Kafka and own a partition of `reply_topic`; routes come from `services`.
 
         `services`: service descriptors, generated ``*_pb2`` or ``*_pb2_grpc`` modules, ``*Stub``
-        classes or full service names. Give `bootstrap_servers` (``"host:port,..."``) and
-        `topic_prefix`, or a whole `KafkaConfig`. Channels that share a `reply_topic` share its
+        classes or full service names. Give `bootstrap_servers` (``"host:port,..."``),
+        `topic_prefix` and `kafka_client` (``confluent``, the default, or ``kafka-python``), or a
+        whole `KafkaConfig`. Channels that share a `reply_topic` share its
         partitions (at most `reply_partitions` channels); handlers must accept it as a reply topic.
         """
         if kafka is None:
             servers = bootstrap_servers or "127.0.0.1:9092"
             servers = servers.split(",") if isinstance(servers, str) else servers
-            kafka = KafkaConfig(bootstrap_servers=tuple(s.strip() for s in servers), topic_prefix=topic_prefix or "")
-        elif bootstrap_servers is not None or topic_prefix is not None:
-            raise ConfigError("give either kafka or bootstrap_servers/topic_prefix, not both")
+            kafka = KafkaConfig(bootstrap_servers=tuple(s.strip() for s in servers), topic_prefix=topic_prefix or "",
+                                client=kafka_client or KAFKA_CLIENTS[0])
+        elif bootstrap_servers is not None or topic_prefix is not None or kafka_client is not None:
+            raise ConfigError("give either kafka or bootstrap_servers/topic_prefix/kafka_client, not both")
         routes = routes_for(_service_descriptors(services), kafka.topic_prefix)
         if default_timeout <= 0 or start_timeout <= 0:
             raise ConfigError("default_timeout and start_timeout must be positive")

@@ -100,6 +100,7 @@ class KafkaChannel(grpc.Channel):
         *,
         bootstrap_servers: str | Sequence[str] | None = None,
         topic_prefix: str | None = None,
+        kafka_client: str | None = None,
         kafka: KafkaConfig | None = None,
         reply_topic: str = REPLY_TOPIC,
         reply_partitions: int = 16,
@@ -110,7 +111,8 @@ class KafkaChannel(grpc.Channel):
         loop = _LoopThread()
         try:
             aio = loop.run(AioKafkaChannel.connect(
-                services, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, kafka=kafka,
+                services, bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, kafka_client=kafka_client,
+                kafka=kafka,
                 reply_topic=reply_topic, reply_partitions=reply_partitions, default_timeout=default_timeout,
                 start_timeout=start_timeout,
             ))

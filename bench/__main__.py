@@ -40,7 +40,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
                       help="print one markdown table comparing the cells of several results files (levers)")
     parser.add_argument("--only", nargs="+",
-                        choices=["direct", "pingpong", "adapter", "spring", "scaleout", "aiokafka", "confluent"],
+                        choices=["direct", "pingpong", "confluent", "channel", "adapter", "spring", "channel_kafka_python",
+                                 "adapter_kafka_python", "scaleout", "aiokafka"],
                         help="run only these parts (aiokafka, confluent: the ping-pong with other clients, only so)")
     parser.add_argument("--duration", type=float, help="seconds measured per cell (overrides the plan)")
     parser.add_argument("--warmup", type=float, help="seconds of warm-up per cell (overrides the plan)")
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.long:
         overrides["long_seconds"] = args.long
     if args.only:
-        known = (*plan.scenarios, "aiokafka", "confluent")
+        known = (*plan.scenarios, "aiokafka")
         overrides["scenarios"] = tuple(s for s in known if s in args.only)
         if "scaleout" not in args.only:
             overrides["handlers"] = ()

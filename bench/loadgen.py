@@ -2,6 +2,7 @@
 
     python -m bench.loadgen --target 127.0.0.1:50051 [--target ...] --payloads 100 10240 \\
         --in-flight 1 16 64 256 --warmup 2 --duration 6
+    python -m bench.loadgen --kafka 127.0.0.1:9092 --prefix P. ...     # through an AioKafkaChannel
 
 Each coroutine calls Echo in a loop, so exactly N calls are in flight. Requests are
 serialized once and sent as bytes (no per-call protobuf work in the client); coroutine i
@@ -70,8 +71,18 @@ async def run_cell(calls: list[grpc.aio.UnaryUnaryMultiCallable], payload: int, 
 
 
 async def run(args: argparse.Namespace) -> None:
-    options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
-    channels = [grpc.aio.insecure_channel(t, options=options) for t in args.target]
+    channels: list = []
+    if args.kafka:
+        # The "channel" scenario: no gRPC frontend, the caller's own AioKafkaChannel.
+        from rpctest.v1 import kitchen_pb2
+
+        from adapter.aio_channel import AioKafkaChannel
+
+        channels = [await AioKafkaChannel.connect([kitchen_pb2], bootstrap_servers=args.kafka, topic_prefix=args.prefix,
+                                                  kafka_client=args.kafka_client, reply_topic=f"{args.prefix}replies")]
+    else:
+        options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+        channels = [grpc.aio.insecure_channel(t, options=options) for t in args.target]
     calls = [ch.unary_unary(args.method) for ch in channels]
     for call in calls:
         reply = await call(stats.request_bytes(100), timeout=60, wait_for_ready=True)
@@ -89,11 +100,17 @@ def main() -> None:
     if TRACE:
         trace.dump_at_exit(TRACE, "client")
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
-    parser.add_argument("--target", action="append", required=True, help="HOST:PORT (repeatable)")
+    parser.add_argument("--target", action="append", default=[], help="HOST:PORT (repeatable)")
+    parser.add_argument("--kafka", metavar="BOOTSTRAP", help="call through an AioKafkaChannel on this broker instead")
+    parser.add_argument("--prefix", default="", help="topic prefix of the AioKafkaChannel")
+    parser.add_argument("--kafka-client", default="confluent", help="engine of the AioKafkaChannel")
     parser.add_argument("--method", default=stats.ECHO)
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, seconds")
     stats.add_cell_arguments(parser)
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    if not args.target and not args.kafka:
+        parser.error("give --target or --kafka")
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

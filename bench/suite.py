@@ -7,9 +7,12 @@ and RSS of every process at the window's edges. Scenarios:
 
 - ``direct``: grpc.aio client -> grpc.aio server (`bench.servicer`), no Kafka;
 - ``pingpong``: kafka-python requester -> replier (`bench.pingpong`), no gRPC;
+- ``confluent``: the same ping-pong with confluent-kafka, lean (`bench.clients`);
+- ``channel``: ``AioKafkaChannel`` -> Kafka -> ``python -m handlers``, no gRPC (Spring's counterpart);
 - ``adapter``: grpc.aio client -> ``python -m adapter`` -> Kafka -> ``python -m handlers``;
 - ``spring``: ReplyingKafkaTemplate -> @KafkaListener/@SendTo replier (`bench/spring`);
-- ``aiokafka``, ``confluent`` (only on request): the ping-pong with other Kafka clients (`bench.clients`).
+- ``channel_kafka_python``, ``adapter_kafka_python``: the same on the kafka-python engine;
+- ``aiokafka`` (only on request): the ping-pong with aiokafka (`bench.clients`).
 
 Then the scale-out (handler processes x frontends) and the frontend's memory with many
 calls in flight; `--long` runs a soak instead, sampling the frontend's RSS.
@@ -40,7 +43,8 @@ class Plan:
     """What one run measures."""
 
     name: str
-    scenarios: tuple[str, ...] = ("direct", "pingpong", "adapter", "spring")
+    scenarios: tuple[str, ...] = ("direct", "pingpong", "confluent", "channel", "adapter", "spring",
+                                  "channel_kafka_python", "adapter_kafka_python")
     payloads: tuple[int, ...] = (100, 10240)
     in_flight: tuple[int, ...] = (1, 16, 64, 256)
     warmup: float = 2.0
@@ -161,18 +165,19 @@ class Run:
         variant = self.plan.extra.get("variant")
         return python("bench.variants", variant, module) if variant else python(module)
 
-    def frontend(self, prefix: str, role: str = "frontend") -> tuple[Proc, str]:
+    def frontend(self, prefix: str, role: str = "frontend", engine: str = "confluent") -> tuple[Proc, str]:
         proc = self.start(role, [
-            *self.entry("adapter"), "--proto-path", "protos", "--listen", "127.0.0.1:0",
+            *self.entry("adapter"), "--proto-path", "protos", "--listen", "127.0.0.1:0", "--kafka-client", engine,
             "--bootstrap-servers", self.bootstrap, "--topic-prefix", prefix, "--reply-topic", f"{prefix}replies",
             "--reply-partitions", str(self.plan.reply_partitions), "--topic-partitions", str(self.plan.request_partitions)])
         address = proc.wait_for(r"serving on (\S+)").group(1)
         return proc, address
 
-    def handler(self, prefix: str, role: str = "handler") -> Proc:
+    def handler(self, prefix: str, role: str = "handler", engine: str = "confluent") -> Proc:
         target = self.plan.extra.get("handler_target", "bench.servicer:Echo")
         return self.start(role, [
-            *self.entry("handlers"), target, "--bootstrap-servers", self.bootstrap, "--topic-prefix", prefix,
+            *self.entry("handlers"), target, "--kafka-client", engine, "--bootstrap-servers", self.bootstrap,
+            "--topic-prefix", prefix,
             "--group", f"{prefix}handlers", "--topic-partitions", str(self.plan.request_partitions),
             *self.plan.extra.get("handler_args", ())], ready=r"handlers: serving")
 
@@ -204,14 +209,15 @@ class Run:
         """The ping-pong with confluent-kafka (not in the default run): librdkafka."""
         self.pingpong("confluent", ("bench.clients", "confluent"))
 
-    def adapter(self) -> None:
-        prefix = f"{self.prefix}adapter."
-        _, address = self.frontend(prefix)
-        self.handler(prefix)
+    def adapter(self, engine: str = "confluent") -> None:
+        scenario = "adapter" if engine == "confluent" else f"adapter-{engine}"
+        prefix = f"{self.prefix}{scenario}."
+        _, address = self.frontend(prefix, engine=engine)
+        self.handler(prefix, engine=engine)
         fresh = self.monitor.rss_mb("frontend")
         client = self.loadgen([address], self.plan.payloads, self.plan.in_flight)
-        self.results["cells"] += self.measure("adapter", client, self.plan.payloads, self.plan.in_flight)
-        if self.plan.memory_in_flight:
+        self.results["cells"] += self.measure(scenario, client, self.plan.payloads, self.plan.in_flight)
+        if self.plan.memory_in_flight and engine == "confluent":
             before = self.monitor.rss_mb("frontend")
             n = (self.plan.memory_in_flight,)
             # Calls take about a second at this depth: the window must be longer than one call.
@@ -222,6 +228,25 @@ class Run:
                 cell["frontend_rss_mb_before"] = round(before, 1)
                 self.results["memory"].append(cell)
         self.stop_all()
+
+    def adapter_kafka_python(self) -> None:
+        """The adapter on the kafka-python engine."""
+        self.adapter("kafka-python")
+
+    def channel(self, engine: str = "confluent") -> None:
+        """AioKafkaChannel -> handler process: our counterpart of Spring's ReplyingKafkaTemplate."""
+        scenario = "channel" if engine == "confluent" else f"channel-{engine}"
+        prefix = f"{self.prefix}{scenario}."
+        self.handler(prefix, engine=engine)
+        args = python("bench.loadgen", "--kafka", self.bootstrap, "--prefix", prefix, "--kafka-client", engine,
+                      *self.cell_args(self.plan.payloads, self.plan.in_flight))
+        client = self.start("client", args, pipe=True)
+        self.results["cells"] += self.measure(scenario, client, self.plan.payloads, self.plan.in_flight)
+        self.stop_all()
+
+    def channel_kafka_python(self) -> None:
+        """The channel scenario on the kafka-python engine."""
+        self.channel("kafka-python")
 
     def spring(self) -> None:
         classpath = build_spring()

@@ -22,8 +22,10 @@ from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 from adapter import AioKafkaChannel, KafkaChannel
 from adapter.config import KafkaConfig
 from tests import procs
+from tests.conftest import engine
 
-pytestmark = pytest.mark.kafka
+#: Runs on every Kafka engine (.ci/run repeats it with KAFKA_RPC_KAFKA_CLIENT=kafka-python).
+pytestmark = [pytest.mark.kafka, pytest.mark.engines]
 Count, Item = kitchen_pb2.Count, kitchen_pb2.Item
 
 
@@ -38,6 +40,7 @@ class Stack:
 
     async def aio_channel(self) -> AioKafkaChannel:
         return await AioKafkaChannel.connect([kitchen_pb2], bootstrap_servers=self.bootstrap, topic_prefix=self.prefix,
+                                             kafka_client=engine(),
                                              reply_topic=f"{self.prefix}replies", reply_partitions=4)
 
     def wait_for_event(self, line: str, timeout: float = 15) -> None:
@@ -62,6 +65,7 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         # Routes from the stub class, as a caller that has only the *_pb2_grpc module would give them.
         with KafkaChannel.connect([kitchen_pb2_grpc.KitchenStub], bootstrap_servers=kafka_bootstrap, topic_prefix=prefix,
+                                  kafka_client=engine(),
                                   reply_topic=f"{prefix}replies", reply_partitions=4) as channel:
             yield Stack(kafka_bootstrap, prefix, worker, events, channel, kitchen_pb2_grpc.KitchenStub(channel))
     finally:
@@ -279,7 +283,7 @@ def test_aio_streaming_kinds_and_cancel(stack: Stack) -> None:
 
 def test_nobody_serving_and_other_ways_to_name_services(kafka_bootstrap: str, prefix: str) -> None:
     # A fresh prefix: no handler consumes these topics, so calls end at their deadline.
-    kafka = KafkaConfig(bootstrap_servers=(kafka_bootstrap,), topic_prefix=prefix)
+    kafka = KafkaConfig(bootstrap_servers=(kafka_bootstrap,), topic_prefix=prefix, client=engine())
     with KafkaChannel.connect(["rpctest.v1.Kitchen"], kafka=kafka, reply_topic=f"{prefix}replies",
                               reply_partitions=2) as channel:
         kitchen = kitchen_pb2_grpc.KitchenStub(channel)

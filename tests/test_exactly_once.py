@@ -23,7 +23,8 @@ from adapter import wire
 from handlers.offsets import decode_done
 from tests import procs
 
-pytestmark = pytest.mark.kafka
+#: Runs on every Kafka engine (.ci/run repeats it with KAFKA_RPC_KAFKA_CLIENT=kafka-python).
+pytestmark = [pytest.mark.kafka, pytest.mark.engines]
 KITCHEN = ["tests.kitchen_service:Kitchen"]
 
 

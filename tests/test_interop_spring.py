@@ -34,7 +34,8 @@ from kafka import KafkaConsumer, TopicPartition
 from adapter.protoset import ProtoSet
 from tests import procs
 
-pytestmark = pytest.mark.kafka
+#: Runs on every Kafka engine (.ci/run repeats it with KAFKA_RPC_KAFKA_CLIENT=kafka-python).
+pytestmark = [pytest.mark.kafka, pytest.mark.engines]
 
 SPRING = procs.REPO / "tests" / "interop" / "spring"
 #: interop.v1.Shout, served by the Spring replier: a test-only service, kept out of protos/.

@@ -19,7 +19,8 @@ from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
 from tests import procs
 
-pytestmark = pytest.mark.kafka
+#: Runs on every Kafka engine (.ci/run repeats it with KAFKA_RPC_KAFKA_CLIENT=kafka-python).
+pytestmark = [pytest.mark.kafka, pytest.mark.engines]
 MiB = 1 << 20
 
 
