@@ -9,7 +9,8 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 
 help:
 	@echo "make run        start Kafka, the gRPC frontend (127.0.0.1:50051) and the example handlers"
-	@echo "make test       install, compile protos, start Kafka, run the whole test suite"
+	@echo "make test       install, compile protos, start Kafka, run the whole test suite (then its"
+	@echo "                engine tests again on kafka-python)"
 	@echo "make install    create $(VENV) with the project (editable) and dev tools"
 	@echo "make proto      compile protos/ into gen/"
 	@echo "make kafka-up   start the local Kafka broker (or reuse it);  make kafka-down  stop it"
@@ -47,8 +48,10 @@ kafka-down:
 run: proto kafka-up
 	@bash scripts/run-local.sh
 
+# The whole suite on the default engine (confluent), then the tests marked `engines` on kafka-python.
 test: proto tools kafka-up
 	$(BIN)/pytest $(PYTEST_ARGS)
+	KAFKA_RPC_KAFKA_CLIENT=kafka-python $(BIN)/pytest -m engines $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff check .
