@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--bootstrap-servers", default="127.0.0.1:9092")
     parser.add_argument("--request-topic", required=True)
     parser.add_argument("--reply-topic", required=True)
-    parser.add_argument("--fetch-max-wait-ms", type=int, default=10)
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=100)
     stats.add_cell_arguments(parser)
     args = parser.parse_args()
     if args.client == "aiokafka":

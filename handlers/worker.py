@@ -14,11 +14,11 @@ handlers run on the event loop or a thread pool (docs/internals.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fnmatch
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -34,6 +34,7 @@ from adapter.routing import Route
 from handlers.calls import Calls
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
+from handlers.fetcher import Fetcher
 from handlers.offsets import OffsetTracker, Partition, decode_done
 from handlers.registry import Method
 from handlers.transactions import Transactions
@@ -46,6 +47,8 @@ STREAM_WINDOW = 64
 REVOKE_GRACE = 5.0
 #: Seconds between offset commits while consuming (revocation and shutdown commit at once).
 COMMIT_INTERVAL = 0.2
+#: Seconds between the event loop's checks of commits, flow control and aborted transactions.
+HOUSEKEEPING = 0.1
 #: Seconds between samples of the consumer lag, for the metrics.
 LAG_INTERVAL = 2.0
 
@@ -79,7 +82,11 @@ class Worker:
         self.replied = 0
         self.malformed = 0
         self._tasks: set[asyncio.Future[None]] = set()
-        self._kafka_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="consumer")
+        self._fetcher: Fetcher[tuple[list[Record], dict[Partition, set[int]]]] | None = None
+        #: Batches fetched before the last rewind carry an older generation: they are dropped.
+        self._generation = 0
+        #: Partitions this process owns, as the event loop has learnt (records of others are dropped).
+        self._owned: set[Partition] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handoff: Handoff | None = None
         self._engine = open_engine(config.kafka)
@@ -94,6 +101,8 @@ class Worker:
         """Consume until `stop` is set, then drain: finish, reply, commit, leave the group."""
         self._loop = asyncio.get_running_loop()
         self._handoff = Handoff(self._loop)
+        self._fetcher = Fetcher(self._loop, self._poll, self._on_batch)
+        self._fetcher.start()
         kafka = self.config.kafka
         topics = {t: kafka.topic_partitions for t in [*self.topics, self.config.dead_letter_topic]}
         admin = await asyncio.to_thread(self._engine.admin)
@@ -117,37 +126,42 @@ class Worker:
         log.info("consuming %s in group %s", ", ".join(self.topics), self.config.group)
         if ready is not None:
             ready.set()
+        self._fetcher.polling = True
         try:
             while not stop.is_set():
-                try:
-                    batches = await self._on_kafka_thread(self._poll)
-                except Exception as exc:
-                    # The broker is away (restart, network): keep trying rather than exit.
-                    log.warning("fetching requests failed, retrying in 1s: %s: %s", type(exc).__name__, exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                batches, done_before = batches
+                # Records arrive through _on_batch; this loop only keeps house.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), HOUSEKEEPING)
                 if self.txn is not None and self.txn.failed:
-                    # A transaction was aborted: what this fetch brought is fetched again after the rewind.
+                    # A transaction was aborted: everything since the last commit runs again.
                     await self._rewind()
                     self.txn.resume()
                     continue
-                for (topic, partition), offsets in done_before.items():
-                    self.tracker.skip(topic, partition, offsets)
-                for record in batches:
-                    self.tracker.add(record.topic, record.partition, record.offset)
-                    if not self.tracker.skipped(record.topic, record.partition, record.offset):
-                        self._accept(record)
-                await self._flow_control()
-                if self.txn is not None:
-                    self.txn.kick()  # records done without a reply (expired, cancelled) move offsets too
-                elif time.monotonic() >= self._commit_due:
-                    # Committing after every poll costs the handler and the broker CPU for
+                self._flow_control()
+                if self.txn is None and time.monotonic() >= self._commit_due:
+                    # Committing after every batch costs the handler and the broker CPU for
                     # nothing: a few hundred milliseconds late changes only what a crash redoes.
                     self._commit_due = time.monotonic() + COMMIT_INTERVAL
                     await self._commit(sync=False)
         finally:
             await self._drain()
+
+    def _on_batch(self, batch: tuple[list[Record], dict[Partition, set[int]]], generation: int) -> None:
+        """On the event loop: one poll's records, in poll order."""
+        if generation != self._generation:
+            return  # fetched before a rewind: fetched again after it
+        records, done_before = batch
+        for (topic, partition), offsets in done_before.items():
+            self.tracker.skip(topic, partition, offsets)
+        for record in records:
+            if (record.topic, record.partition) not in self._owned:
+                continue  # revoked since it was fetched: its new owner reads it
+            self.tracker.add(record.topic, record.partition, record.offset)
+            if not self.tracker.skipped(record.topic, record.partition, record.offset):
+                self._accept(record)
+        self._flow_control()
+        if self.txn is not None:
+            self.txn.kick()  # records done without a reply (expired, cancelled) move offsets too
 
     def _accept(self, record: Record) -> None:
         # Runs in poll order, synchronously: a stream's frames reach its call in order.
@@ -267,7 +281,7 @@ class Worker:
         if isinstance(record, wire.Reply):
             self.replied += 1
 
-    def _poll(self) -> tuple[list[Record], dict[Partition, set[int]]]:
+    def _poll(self) -> tuple[list[Record], dict[Partition, set[int]]] | None:
         """On the consumer thread: one fetch, and every LAG_INTERVAL a sample of the lag.
 
         In the exactly-once mode, also the records of newly fetched partitions that their
@@ -292,17 +306,16 @@ class Worker:
                     if committed is not None:
                         done_before[tp] = decode_done(*committed)
                 self._loaded.update(new)
-        return records, done_before
+        return (records, done_before) if records or done_before else None
 
-    async def _flow_control(self) -> None:
+    def _flow_control(self) -> None:
         # Backpressure: stop fetching while too many records wait for their reply.
         full = self.tracker.pending >= self.config.max_pending
-        if full != self._paused:
+        if full != self._paused and self._fetcher is not None and self._consumer is not None:
             self._paused = full
             consumer = self._consumer
-            assert consumer is not None
             action = consumer.pause if full else consumer.resume
-            await self._on_kafka_thread(lambda: action(consumer.assignment()))
+            self._fetcher.post(lambda: action(consumer.assignment()))
 
     async def _commit(self, sync: bool, only: set[Partition] | None = None) -> None:
         offsets = self.tracker.committable(only)
@@ -320,6 +333,7 @@ class Worker:
         The aborted transaction took replies with it whose records count as done here; running
         those again needs a position before them, and calls still running would then be
         started twice, so everything starts again from what Kafka committed."""
+        self._generation += 1  # batches already fetched are dropped: they are fetched again
         log.info("running again the %d calls in progress and what the aborted transaction answered", len(self._tasks))
         for correlation_id in list(self._origins):
             self.calls.cancel(correlation_id, "its transaction was aborted; it runs again", grpc.StatusCode.ABORTED)
@@ -329,20 +343,23 @@ class Worker:
         self.tracker.forget()
         self._origins.clear()
         self._windows.clear()
+        await self._on_kafka_thread(self._seek_committed, self._generation)
+
+    def _seek_committed(self, generation: int) -> None:
+        consumer, fetcher = self._consumer, self._fetcher
+        assert consumer is not None and fetcher is not None
         if self.txn is not None:
             self.txn.forget(set(self._loaded))
-        await self._on_kafka_thread(self._seek_committed)
-
-    def _seek_committed(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None
         assigned = consumer.assignment()
         for tp, committed in consumer.committed(assigned).items():
             consumer.seek(tp, None if committed is None else committed[0])
             log.debug("rewound %s/%d to %s", tp[0], tp[1], committed)
         self._loaded.clear()
+        fetcher.generation = generation  # what is fetched from here on counts again
 
     async def _drain(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.polling = False
         if self._tasks:
             log.info("finishing %d calls in progress", len(self._tasks))
             await asyncio.wait(self._tasks, timeout=self.config.drain_timeout)
@@ -357,11 +374,12 @@ class Worker:
         if self._producer is not None:
             await asyncio.to_thread(self._producer.close, 5)
         self.dispatcher.close()
-        self._kafka_thread.shutdown(wait=False)
+        if self._fetcher is not None:
+            await self._fetcher.stop()
 
     async def _on_kafka_thread(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        assert self._loop is not None
-        return await self._loop.run_in_executor(self._kafka_thread, lambda: func(*args, **kwargs))
+        assert self._fetcher is not None
+        return await self._fetcher.call(func, *args, **kwargs)
 
     # Rebalance callbacks: they run inside the consumer's poll (or close), on the consumer thread
     # (confluent) or kafka-python's I/O thread, while the event loop is free (it awaits that poll),
@@ -386,11 +404,15 @@ class Worker:
         return {tp: (o, "") for tp, o in offsets.items()}
 
     def _assigned(self, partitions: list[Partition]) -> None:
+        assert self._loop is not None
+        # Before any batch of this poll reaches the loop (call_soon_threadsafe keeps the order).
+        self._loop.call_soon_threadsafe(self._owned.update, partitions)
         if partitions:
             log.info("partitions assigned: %s", ", ".join(f"{t}/{p}" for t, p in sorted(partitions)))
 
     async def _revoke_transactional(self, parts: set[Partition]) -> None:
         assert self.txn is not None
+        self._owned -= parts
         await self.calls.abort(parts, grpc.StatusCode.ABORTED, "the call's partition moved to another handler process")
         await self.calls.finish(parts, REVOKE_GRACE)
         await asyncio.sleep(0)
@@ -404,6 +426,7 @@ class Worker:
         # Streams still open on these partitions end here, so the new owner starts after them
         # rather than replaying half a stream; unary calls get a moment to finish and reply,
         # so that the new owner does not run them again.
+        self._owned -= parts
         await self.calls.abort(parts, grpc.StatusCode.ABORTED, "the call's partition moved to another handler process")
         await self.calls.finish(parts, REVOKE_GRACE)
         await asyncio.sleep(0)  # let the done-callbacks mark their offsets
