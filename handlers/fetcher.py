@@ -50,6 +50,11 @@ class Fetcher(Generic[Batch]):
     def start(self) -> None:
         self._thread.start()
 
+    def set_polling(self, on: bool) -> None:
+        """Poll (True) or only run commands (False); the thread notices at once."""
+        self.polling = on
+        self._commands.put((lambda: None, None))  # wakes a thread waiting for a command
+
     def next_generation(self) -> int:
         """On the thread, inside a command: batches fetched from now on carry a new generation."""
         self.generation += 1

@@ -47,6 +47,8 @@ STREAM_WINDOW = 64
 REVOKE_GRACE = 5.0
 #: Seconds between offset commits while consuming (revocation and shutdown commit at once).
 COMMIT_INTERVAL = 0.2
+#: Seconds a full process holds its polls before it pauses its partitions (and polls on).
+HOLD_BEFORE_PAUSE = 30.0
 #: Seconds between the event loop's checks of commits, flow control and aborted transactions.
 HOUSEKEEPING = 0.1
 #: Seconds between samples of the consumer lag, for the metrics.
@@ -93,6 +95,9 @@ class Worker:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._paused = False
+        #: Since when too many records wait for their reply (None: there is room).
+        self._full_since: float | None = None
+        self._draining = False
         self._group_metadata: Any = None
         self._commit_due = 0.0
         self._lag_due = 0.0
@@ -241,6 +246,8 @@ class Worker:
         self._origins.pop(wire.correlation_id_of(headers) or b"", None)
         # The offset of a call's opening record is done only once its final reply is sent.
         self.tracker.done(record.topic, record.partition, record.offset)
+        if self._full_since is not None:
+            self._flow_control()  # there may be room again: fetch at once
         if task.cancelled() or task.exception() is None:
             return
         fields = record_fields(record)
@@ -309,13 +316,32 @@ class Worker:
         return (records, done_before) if records or done_before else None
 
     def _flow_control(self) -> None:
-        # Backpressure: stop fetching while too many records wait for their reply.
+        """Backpressure: stop fetching while too many records wait for their reply.
+
+        First the consumer's thread just stops polling: the client keeps what it prefetched
+        (bounded), and fetching goes on the moment there is room. Pausing the partitions would
+        make librdkafka drop its prefetched records and fetch them again late (about 1 s after
+        a resume, measured), so they are paused only when the process stays full longer than
+        HOLD_BEFORE_PAUSE, and polling goes on: a consumer that does not poll for
+        max.poll.interval.ms (5 min) is put out of its group."""
+        fetcher, consumer = self._fetcher, self._consumer
+        if fetcher is None or consumer is None or self._draining:
+            return
         full = self.tracker.pending >= self.config.max_pending
-        if full != self._paused and self._fetcher is not None and self._consumer is not None:
-            self._paused = full
-            consumer = self._consumer
-            action = consumer.pause if full else consumer.resume
-            self._fetcher.post(lambda: action(consumer.assignment()))
+        since = self._full_since
+        if full and since is None:
+            self._full_since = time.monotonic()
+            fetcher.set_polling(False)
+        elif full and since is not None and not self._paused and time.monotonic() - since > HOLD_BEFORE_PAUSE:
+            self._paused = True
+            fetcher.post(lambda: consumer.pause(consumer.assignment()))
+            fetcher.set_polling(True)
+        elif not full and self._full_since is not None:
+            self._full_since = None
+            if self._paused:
+                self._paused = False
+                fetcher.post(lambda: consumer.resume(consumer.assignment()))
+            fetcher.set_polling(True)
 
     async def _commit(self, sync: bool, only: set[Partition] | None = None) -> None:
         offsets = self.tracker.committable(only)
@@ -358,8 +384,10 @@ class Worker:
         fetcher.generation = generation  # what is fetched from here on counts again
 
     async def _drain(self) -> None:
+        self._draining = True
+        self._generation += 1  # batches fetched but not taken yet go to the partitions' next owner
         if self._fetcher is not None:
-            self._fetcher.polling = False
+            self._fetcher.set_polling(False)
         if self._tasks:
             log.info("finishing %d calls in progress", len(self._tasks))
             await asyncio.wait(self._tasks, timeout=self.config.drain_timeout)

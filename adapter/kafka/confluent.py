@@ -53,6 +53,8 @@ def _with_metadata(offsets: Offsets) -> list[TP]:
     return [TP(t, p, offset, metadata=meta) if meta else TP(t, p, offset) for (t, p), (offset, meta) in offsets.items()]
 
 
+#: Seconds a newly assigned reply partition's end offset is asked for before giving up.
+END_OFFSET_WAIT = 15.0
 #: Words of librdkafka's errors that retrying cannot fix: a refused password, certificate or protocol.
 _HOPELESS = ("SASL authentication error", "SSL handshake failed", "incorrect security.protocol")
 
@@ -309,15 +311,22 @@ class _Consumer:
 
     def _at_end(self, tp: TP) -> TP:
         # The end offset now, before any request may name the partition: its reply cannot fall
-        # before our position. OFFSET_END would be resolved later, by the fetcher.
-        for attempt in range(3):
+        # before our position. OFFSET_END would be resolved later, by the fetcher. A topic
+        # created a moment ago may have no leader in this client's metadata yet: retry.
+        deadline = time.monotonic() + END_OFFSET_WAIT
+        delay = 0.01
+        while True:
             try:
                 _low, high = self.raw.get_watermark_offsets(tp, timeout=5)
                 return TP(tp.topic, tp.partition, high)
             except KafkaException as exc:
-                log.warning("reading the end offset of %s/%d failed (attempt %d): %s", tp.topic, tp.partition,
-                            attempt + 1, _reason(exc))
-        return TP(tp.topic, tp.partition, OFFSET_END)
+                if time.monotonic() + delay > deadline:
+                    log.error("no end offset of %s/%d after %g s (%s): reading it from the end as the fetcher "
+                              "finds it; a reply sent meanwhile may be missed", tp.topic, tp.partition,
+                              END_OFFSET_WAIT, _reason(exc))
+                    return TP(tp.topic, tp.partition, OFFSET_END)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def poll(self, timeout: float, max_records: int) -> list[Record]:
         with translated("fetching"):
