@@ -285,3 +285,27 @@ def test_transport_contract_send_replies_partitions_health(kind: str, kafka_boot
     finally:
         if stop is not None:
             stop()
+
+
+def test_a_key_lands_on_the_same_partition_on_every_engine(kafka_bootstrap: str) -> None:
+    """murmur2 on both (as Java clients): per-key order holds across engines and languages."""
+    placements = []
+    for client in KAFKA_CLIENTS:
+        engine = open_engine(KafkaConfig(bootstrap_servers=(kafka_bootstrap,), client=client))
+        name = f"layer-{uuid.uuid4().hex[:10]}"
+        admin = engine.admin()
+        admin.ensure_topics({name: 8})
+        admin.close()
+        producer = engine.producer()
+        for i in range(16):
+            producer.produce(name, b"", b"customer-%d" % i, [])
+        producer.close(10)
+        consumer = engine.consumer(f"{name}.g", from_end=False, read_committed=False, session_timeout=10)
+        try:
+            consumer.subscribe([name], lambda parts: None, lambda parts, lost: None)
+            got = _poll_until(consumer, lambda got: len(got) >= 16)
+        finally:
+            consumer.close()
+        placements.append({r.key: r.partition for r in got})
+    assert len(placements[0]) == 16 and placements[0] == placements[1]
+    assert len(set(placements[0].values())) > 1

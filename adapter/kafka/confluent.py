@@ -99,7 +99,10 @@ class ConfluentEngine:
             **{"acks": "all", "enable.idempotence": idempotent, "linger.ms": 0,
                "message.max.bytes": record_limit(self.config),
                # Records name their topics: a typo must not create one.
-               "allow.auto.create.topics": False})
+               "allow.auto.create.topics": False,
+               # A key lands on the partition Java clients and kafka-python pick for it (murmur2),
+               # so one key keeps one partition whatever the engine or language of the caller.
+               "partitioner": "murmur2_random"})
         with translated("creating a producer"):
             return _Producer(Producer(settings), self._explain)
 
@@ -110,6 +113,7 @@ class ConfluentEngine:
             **{"acks": "all", "enable.idempotence": True, "linger.ms": 0,
                "message.max.bytes": record_limit(self.config),
                "allow.auto.create.topics": False,
+               "partitioner": "murmur2_random",
                "transactional.id": transactional_id,
                "transaction.timeout.ms": int(timeout * 1000),
                # CONCURRENT_TRANSACTIONS lasts milliseconds: retry soon (the default, 100 ms, was
