@@ -39,6 +39,10 @@ def test_help_lists_settings_with_defaults(module: str) -> None:
         (["handlers", "tests.kitchen_service:Kitchen", "--concurrency", "0"], "concurrency must be positive"),
         (["handlers", "tests.kitchen_service:Kitchen", "--transactional-id", "h1"],
          "transactional_id: needs exactly_once"),
+        (["adapter", "--proto-path", "protos", "--kafka-client", "librdkafka"],
+         "argument --kafka-client: invalid choice: 'librdkafka'"),
+        (["handlers", "tests.kitchen_service:Kitchen", "--kafka-client", "kafka-python", "--group-protocol", "consumer"],
+         "handlers: error: group_protocol: kafka-python has no consumer protocol (KIP-848)"),
     ],
 )
 def test_bad_settings_give_one_clear_line(args: list[str], message: str) -> None:
@@ -99,6 +103,7 @@ def test_handler_targets_and_lists_from_file_and_environment(tmp_path: Path) -> 
         ("[frontend\n", {}, "is not valid TOML"),
         ("", {"KAFKA_RPC_MAX_IN_FLIGHT": "many"}, "max_in_flight: 'many' is not a valid value"),
         ("", {"KAFKA_RPC_LOG_LEVEL": "LOUD"}, "log_level: 'LOUD' is not one of"),
+        ("", {"KAFKA_RPC_KAFKA_CLIENT": "java"}, "kafka_client: 'java' is not one of confluent, kafka-python"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_the_setting(tmp_path: Path, content: str, env: dict[str, str],
@@ -175,3 +180,21 @@ def test_json_error_lines_carry_the_call_fields(kafka_bootstrap: str, prefix: st
         assert "method" not in malformed and "correlation_id" not in malformed
     finally:
         worker.stop()
+
+
+def test_engine_and_dotted_client_settings_from_file_and_environment(tmp_path: Path) -> None:
+    """librdkafka's dotted names written bare in TOML are nested tables: they come out as dotted settings."""
+    config = tmp_path / "rpc.toml"
+    config.write_text('[kafka]\nkafka_client = "kafka-python"\n[kafka.client]\nsecurity.protocol = "SSL"\n'
+                      '"sasl.password" = "hunter2"\n')
+    out = subprocess.run([sys.executable, "-m", "adapter", "--proto-path", "protos", "--config", str(config),
+                          "--print-config"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    printed = dict(line.split(" = ", 1) for line in out.stdout.splitlines())
+    assert printed["kafka_client"] == "'kafka-python'"
+    assert printed["kafka.client.security.protocol"] == "'SSL'"
+    assert printed["kafka.client.sasl.password"] == "***"
+    out = subprocess.run([sys.executable, "-m", "adapter", "--proto-path", "protos", "--config", str(config),
+                          "--print-config"], cwd=REPO, env=child_env(KAFKA_RPC_KAFKA_CLIENT="confluent"),
+                         capture_output=True, text=True, timeout=60)
+    assert "kafka_client = 'confluent'" in out.stdout
