@@ -66,6 +66,9 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
         return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
 
 
+    def KeyedCountUp(self, request, context):
+        yield from self.CountUp(request, context)
+
     def CountUp(self, request, context):
         for i in range(request.n):
             if request.fail_at and i == request.fail_at:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,8 @@ from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
 from tests import procs
 
-pytestmark = pytest.mark.kafka
+#: Runs on every Kafka engine (.ci/run repeats it with KAFKA_RPC_KAFKA_CLIENT=kafka-python).
+pytestmark = [pytest.mark.kafka, pytest.mark.engines]
 
 
 def test_two_handler_processes_share_the_load(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
@@ -76,44 +78,68 @@ def _owned(text: str) -> set[int]:
     return {int(p) for p in text.split(",") if p.strip()}
 
 
+def _tags_on_partitions(partitions: int, each: int) -> dict[int, list[str]]:
+    """Tags whose murmur2 partition (the Java client's, which both engines use) is known: `each` per partition."""
+    from kafka.partitioner.default import murmur2
+
+    tags: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    for i in itertools.count():
+        tag = f"stream-{i}"
+        partition = (murmur2(tag.encode()) & 0x7FFFFFFF) % partitions
+        if len(tags[partition]) < each:
+            tags[partition].append(tag)
+        if all(len(t) == each for t in tags.values()):
+            return tags
+    raise AssertionError("unreachable")
+
+
 def test_a_joining_handler_moves_only_its_share_and_other_streams_go_on(kafka_bootstrap: str, prefix: str,
                                                                        tmp_path: Path) -> None:
-    """Cooperative rebalancing per topic (adapter.kafka.balanced): a process joining takes half of
-    each topic's partitions; streams on the partitions that stay are not interrupted."""
+    """A process joining takes half of each topic's partitions, and only those: streams on the
+    partitions that stay run to their end, those on the moving ones end ABORTED. Deterministic:
+    two streams on each of the 4 partitions (keyed by tag), 15 s long, and the second process
+    joins while they run."""
     kitchen_only = ["tests.kitchen_service:Kitchen"]
     front, address = procs.frontend(tmp_path / "frontend.log", kafka_bootstrap, prefix)
     first = procs.handler(tmp_path / "h1.log", kafka_bootstrap, prefix, targets=kitchen_only)
     second = None
     topic = re.escape(f"{prefix}rpctest.v1.Kitchen")
+    tags = _tags_on_partitions(4, 2)
+    first.wait_for(rf"partitions assigned: .*{topic}/", timeout=60)
     try:
         with grpc.insecure_channel(address) as channel:
             kitchen = kitchen_pb2_grpc.KitchenStub(channel)
 
-            def stream() -> tuple[grpc.StatusCode, int]:
-                # Keys are random correlation ids: 12 streams land on the 4 partitions at random.
+            def stream(tag: str) -> tuple[grpc.StatusCode, int]:
                 items = 0
                 try:
-                    for _ in kitchen.CountUp(kitchen_pb2.Count(n=40, delay=0.1), timeout=60):
+                    for _ in kitchen.KeyedCountUp(kitchen_pb2.Count(n=150, delay=0.1, tag=tag), timeout=60):
                         items += 1
                     return grpc.StatusCode.OK, items
                 except grpc.RpcError as exc:
                     return exc.code(), items
 
-            with ThreadPoolExecutor(12) as pool:
-                streams = [pool.submit(stream) for _ in range(12)]
-                time.sleep(0.5)  # the streams are running
+            with ThreadPoolExecutor(8) as pool:
+                streams = {tag: pool.submit(stream, tag) for on in tags.values() for tag in on}
+                time.sleep(1.0)  # the streams are running
                 second = procs.handler(tmp_path / "h2.log", kafka_bootstrap, prefix, targets=kitchen_only)
-                outcomes = [s.result() for s in streams]
-        revoked = first.wait_for(r"partitions revoked: ([^\n]*)").group(1)
-        assigned = second.wait_for(r"partitions assigned: ([^\n]*)").group(1)
+                second.wait_for(rf"partitions assigned: .*{topic}/", timeout=60)
+                outcomes = {tag: future.result() for tag, future in streams.items()}
+        first.wait_for(r"partitions revoked: ")
+        # Incremental rebalances may move partitions in more than one step: take every line.
+        revoked = " ".join(re.findall(r"partitions revoked: ([^\n]*)", first.output()))
+        assigned = " ".join(re.findall(r"partitions assigned: ([^\n]*)", second.output()))
     finally:
         for proc in (second, first, front):
             if proc is not None:
                 assert proc.stop() == 0, proc.output()
-    # Half of each topic moved, nothing else: the first process kept 2 of the 4 Kitchen partitions.
-    assert len(re.findall(rf"{topic}/\d", revoked)) == 2, revoked
-    assert len(re.findall(rf"{topic}/\d", assigned)) == 2, assigned
-    codes = [code for code, _ in outcomes]
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.ABORTED}, outcomes
-    # Streams on the partitions that stayed ran to the end (all 12 on moving ones: odds 1 in 4,096).
-    assert (grpc.StatusCode.OK, 40) in outcomes, outcomes
+    moved = {int(p) for p in re.findall(rf"{topic}/(\d+)", revoked)}
+    assert len(moved) == 2, revoked  # half of the topic moved, nothing else
+    assert {int(p) for p in re.findall(rf"{topic}/(\d+)", assigned)} == moved, assigned
+    for partition, on in tags.items():
+        for tag in on:
+            code, items = outcomes[tag]
+            if partition in moved:
+                assert code == grpc.StatusCode.ABORTED and items < 150, (partition, tag, outcomes[tag])
+            else:
+                assert (code, items) == (grpc.StatusCode.OK, 150), (partition, tag, outcomes[tag])
