@@ -467,11 +467,12 @@ class _Admin:
         raise TransportError(f"topics {', '.join(topics)} have no leader 30 s after their creation")
 
     def healthy(self, timeout: float) -> bool:
+        # DescribeCluster, not a metadata request: that would list every topic of the cluster.
         try:
-            self._client.list_topics(timeout=timeout)
+            self._client.describe_cluster(request_timeout=timeout).result(timeout=timeout + 1)
             return True
-        except KafkaException as exc:
-            log.debug("kafka health check failed: %s", _reason(exc))
+        except (KafkaException, TimeoutError) as exc:
+            log.debug("kafka health check failed: %s", exc)
             return False
 
     def close(self) -> None:
