@@ -217,6 +217,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                     bottoms[scenario] = bottoms.get(scenario, 0.0) + hs[-1]
             if xs:
                 ax.bar(xs, hs, bottom=bs, color=color, label=role)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.set_title(f"CPU µs per call by process, {size(payload)}, {n} in flight")
         ax.set_ylabel("µs")
         ax.legend(fontsize=8)
