@@ -131,7 +131,7 @@ class Worker:
         log.info("consuming %s in group %s", ", ".join(self.topics), self.config.group)
         if ready is not None:
             ready.set()
-        self._fetcher.polling = True
+        self._fetcher.set_polling(True)
         try:
             while not stop.is_set():
                 # Records arrive through _on_batch; this loop only keeps house.
