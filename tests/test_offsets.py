@@ -161,3 +161,68 @@ def test_forget_everything() -> None:
     assert tracker.positions() == {} and tracker.pending == 0
     tracker.add(T, 1, 5)
     assert not tracker.skipped(T, 1, 5)
+
+
+# ---- review defect: stale "done" offsets must not corrupt the exactly-once metadata ----
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def test_encoding_ignores_offsets_at_or_before_the_position() -> None:
+    # Before the fix: decode_done(10, encode_done(10, {5, 20})) gave {20, 21} (21 never answered),
+    # and encode_done(10, {5}) raised inside a commit.
+    assert decode_done(10, encode_done(10, {5, 20})) == {20}
+    assert encode_done(10, {5}) == ""
+    assert encode_done(10, {10}) == ""
+
+
+@given(st.integers(min_value=0, max_value=10_000), st.sets(st.integers(min_value=0, max_value=12_000), max_size=200))
+def test_done_sets_round_trip_for_any_position_and_offsets(position: int, done: set[int]) -> None:
+    assert decode_done(position, encode_done(position, done)) == {o for o in done if o > position}
+
+
+def test_done_for_an_offset_never_added_is_ignored() -> None:
+    tracker = OffsetTracker()
+    for offset in (10, 11):
+        tracker.add("t", 0, offset)
+    tracker.done("t", 0, 5)   # from a call of an earlier assignment
+    tracker.done("t", 0, 12)  # not fetched yet
+    assert tracker.positions() == {("t", 0): (10, set())}
+    assert tracker.pending == 2
+
+
+def test_done_from_an_earlier_assignment_of_the_partition_is_ignored() -> None:
+    tracker = OffsetTracker()
+    tracker.add("t", 0, 7)
+    stale = tracker.generation("t", 0)  # a call starts on record 7 ...
+    tracker.forget({("t", 0)})          # ... the partition moves away and comes back
+    tracker.add("t", 0, 7)              # record 7 is fetched again and runs again
+    tracker.done("t", 0, 7, stale)      # the first run ends: it says nothing of the second
+    assert tracker.positions() == {("t", 0): (7, set())} and tracker.pending == 1
+    tracker.done("t", 0, 7, tracker.generation("t", 0))
+    assert tracker.committable() == {("t", 0): 8}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["add", "done", "stale", "forget"]), st.integers(0, 30)), max_size=120))
+def test_positions_only_name_added_records_whatever_the_history(steps: list[tuple[str, int]]) -> None:
+    tracker = OffsetTracker()
+    added: set[int] = set()
+    next_offset = 0
+    old_generation = tracker.generation("t", 0)
+    for action, n in steps:
+        if action == "add":
+            tracker.add("t", 0, next_offset)
+            added.add(next_offset)
+            next_offset += 1 + n % 3
+        elif action == "done":
+            tracker.done("t", 0, n, tracker.generation("t", 0))
+        elif action == "stale":
+            tracker.done("t", 0, n, old_generation)
+        else:
+            old_generation = tracker.generation("t", 0)
+            tracker.forget({("t", 0)})
+            added.clear()
+        for position, done in tracker.positions().values():
+            assert done <= added and all(o > position for o in done)
+            assert decode_done(position, encode_done(position, done)) == done
