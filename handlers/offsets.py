@@ -25,20 +25,35 @@ class OffsetTracker:
 
     def __init__(self) -> None:
         self._open: dict[Partition, deque[int]] = {}
+        #: The offsets of `_open`, for membership: only a record added and not done can be done.
+        self._waiting: dict[Partition, set[int]] = {}
         self._done: dict[Partition, set[int]] = {}
         self._next: dict[Partition, int] = {}
         self._committed: dict[Partition, int] = {}
         self._skip: dict[Partition, set[int]] = {}
+        #: Raised each time a partition is forgotten: work started before says nothing after.
+        self._generations: dict[Partition, int] = {}
 
     def add(self, topic: str, partition: int, offset: int) -> None:
         tp = (topic, partition)
         self._open.setdefault(tp, deque()).append(offset)
+        self._waiting.setdefault(tp, set()).add(offset)
         self._done.setdefault(tp, set())
 
-    def done(self, topic: str, partition: int, offset: int) -> None:
+    def generation(self, topic: str, partition: int) -> int:
+        """The partition's current assignment; give it back to `done` for work started now."""
+        return self._generations.get((topic, partition), 0)
+
+    def done(self, topic: str, partition: int, offset: int, generation: int | None = None) -> None:
+        """The record at `offset` is answered. Ignored unless it was added, is not done yet, and
+        (when `generation` is given) the partition has not been forgotten since."""
         tp = (topic, partition)
-        if tp not in self._open or offset < self._next.get(tp, -1):
-            return  # the partition was revoked meanwhile, or the record was done before
+        waiting = self._waiting.get(tp)
+        if waiting is None or offset not in waiting:
+            return  # revoked meanwhile, never fetched in this assignment, or done before
+        if generation is not None and generation != self._generations.get(tp, 0):
+            return  # a call from before the partition moved away and came back
+        waiting.discard(offset)
         self._done[tp].add(offset)
         queue, finished = self._open[tp], self._done[tp]
         while queue and queue[0] in finished:
@@ -87,9 +102,10 @@ class OffsetTracker:
 
     def forget(self, partitions: set[Partition] | None = None) -> None:
         """Stop tracking revoked partitions (all, if None): their records belong to another process now."""
-        for tp in list(self._open) + list(self._skip) if partitions is None else partitions:
-            for table in (self._open, self._done, self._next, self._committed, self._skip):
+        for tp in {*self._open, *self._skip} if partitions is None else partitions:
+            for table in (self._open, self._waiting, self._done, self._next, self._committed, self._skip):
                 table.pop(tp, None)
+            self._generations[tp] = self._generations.get(tp, 0) + 1
 
     @property
     def pending(self) -> int:
@@ -99,6 +115,8 @@ class OffsetTracker:
 
 def encode_done(position: int, done: set[int]) -> str:
     """Commit metadata naming the records after `position` that are done (a compressed bitmap)."""
+    # Only records after `position` can be named: an earlier one would take a negative index.
+    done = {offset for offset in done if offset > position}
     if not done:
         return ""
     bits = bytearray((max(done) - position) // 8 + 1)

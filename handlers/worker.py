@@ -78,7 +78,7 @@ class Worker:
         self.tracker = OffsetTracker()
         self.txn: Transactions | None = None
         #: Where each running call's opening record is, to mark it done when its reply is sent.
-        self._origins: dict[bytes, tuple[str, int, int]] = {}
+        self._origins: dict[bytes, tuple[str, int, int, int]] = {}
         #: Partitions whose commit metadata was read (exactly-once mode), on the consumer thread.
         self._loaded: set[Partition] = set()
         self.replied = 0
@@ -188,10 +188,11 @@ class Worker:
         if task is None:
             self.tracker.done(record.topic, record.partition, record.offset)
             return
+        generation = self.tracker.generation(record.topic, record.partition)
         if isinstance(decoded, wire.Request):
-            self._origins[decoded.correlation_id] = (record.topic, record.partition, record.offset)
+            self._origins[decoded.correlation_id] = (record.topic, record.partition, record.offset, generation)
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, record, where))
+        task.add_done_callback(lambda t: self._finished(t, record, where, generation))
 
     def _reply_allowed(self, topic: str) -> bool:
         try:
@@ -206,11 +207,12 @@ class Worker:
         `kind` is the reason's label in the metrics: ``malformed`` or ``reply_topic``."""
         log.warning("rejected %s: %s", where, reason, extra=record_fields(record))
         self.metrics.records_rejected.labels(kind).inc()
-        task = asyncio.ensure_future(self._answer_rejected(record, where, reason))
+        generation = self.tracker.generation(record.topic, record.partition)
+        task = asyncio.ensure_future(self._answer_rejected(record, where, reason, generation))
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, record, where))
+        task.add_done_callback(lambda t: self._finished(t, record, where, generation))
 
-    async def _answer_rejected(self, record: Record, where: str, reason: str) -> None:
+    async def _answer_rejected(self, record: Record, where: str, reason: str, generation: int) -> None:
         headers = record.headers
         cid = wire.correlation_id_of(headers)
         reply_to = [bytes(v or b"") for n, v in headers if n == wire.REPLY_TOPIC]
@@ -225,7 +227,7 @@ class Worker:
                 future = await self._produce(self.config.dead_letter_topic, record.value or b"", record.key,
                                              wire.dead_letter_headers(headers, reason, where))
             if self.txn is not None:  # done in the transaction that carries its answer, as replies are
-                self.tracker.done(record.topic, record.partition, record.offset)
+                self.tracker.done(record.topic, record.partition, record.offset, generation)
             await future
         except Exception as exc:  # a record that even the producer refuses must not stop the partition
             log.error("could not reject %s (%s): %s; skipped", where, reason, exc, extra=record_fields(record))
@@ -240,12 +242,13 @@ class Worker:
         assert self._producer is not None and self._handoff is not None
         return deliver(self._producer, self._handoff, topic, value, key, headers, partition)
 
-    def _finished(self, task: asyncio.Future[None], record: Record, where: str) -> None:
+    def _finished(self, task: asyncio.Future[None], record: Record, where: str, generation: int) -> None:
         self._tasks.discard(task)
         headers = record.headers
         self._origins.pop(wire.correlation_id_of(headers) or b"", None)
-        # The offset of a call's opening record is done only once its final reply is sent.
-        self.tracker.done(record.topic, record.partition, record.offset)
+        # The offset of a call's opening record is done only once its final reply is sent, and
+        # only if its partition was not reassigned meanwhile (the record then runs again).
+        self.tracker.done(record.topic, record.partition, record.offset, generation)
         if self._full_since is not None:
             self._flow_control()  # there may be room again: fetch at once
         if task.cancelled() or task.exception() is None:

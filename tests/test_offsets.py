@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from handlers.offsets import DONE_PREFIX, OffsetTracker, decode_done, encode_done
 
 T = "requests"
@@ -164,9 +167,6 @@ def test_forget_everything() -> None:
 
 
 # ---- review defect: stale "done" offsets must not corrupt the exactly-once metadata ----
-
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 def test_encoding_ignores_offsets_at_or_before_the_position() -> None:
