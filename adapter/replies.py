@@ -20,7 +20,7 @@ from collections.abc import Callable
 from adapter import wire
 from adapter.config import ReplyConfig
 from adapter.errors import MalformedRecord
-from adapter.kafka import Consumer, Engine, Offsets, Partition
+from adapter.kafka import Consumer, Engine, Offsets, Partition, Record
 from adapter.logs import record_fields
 from adapter.metrics import FrontendMetrics
 
@@ -81,6 +81,19 @@ class ReplyListener:
             self._on_partitions(frozenset(self._owned))
         return None
 
+    def _deliver(self, records: list[Record]) -> None:
+        replies: list[wire.Reply | wire.Frame] = []
+        for record in records:
+            try:
+                replies.append(wire.decode_reply(record.headers, record.value))
+            except MalformedRecord as exc:
+                self.malformed += 1
+                self._malformed_total.inc()
+                log.warning("dropped malformed reply %s/%d@%d: %s", record.topic, record.partition,
+                            record.offset, exc, extra=record_fields(record))
+        if replies:
+            self._on_replies(replies)
+
     def _run(self) -> None:
         try:
             consumer: Consumer = self._engine.consumer(
@@ -105,17 +118,11 @@ class ReplyListener:
                     log.warning("reading replies failed, retrying in 1s: %s", exc)
                     self._stopping.wait(1.0)
                     continue
-                replies: list[wire.Reply | wire.Frame] = []
-                for record in records:
-                    try:
-                        replies.append(wire.decode_reply(record.headers, record.value))
-                    except MalformedRecord as exc:
-                        self.malformed += 1
-                        self._malformed_total.inc()
-                        log.warning("dropped malformed reply %s/%d@%d: %s", record.topic, record.partition,
-                                    record.offset, exc, extra=record_fields(record))
-                if replies:
-                    self._on_replies(replies)
+                try:
+                    self._deliver(records)
+                except Exception:
+                    # The thread must go on whatever one batch did: its calls time out, the rest are served.
+                    log.exception("delivering %d replies failed; their calls end at their deadline", len(records))
         except Exception:  # the thread must not die silently: calls would hang until deadline
             log.exception("reply listener failed")
             self._owned.clear()

@@ -305,7 +305,8 @@ class _Consumer:
         for t, p in parts:
             tp = TopicPartition(t, p)
             self.raw.seek_to_end(tp)
-            self.raw.position(tp)
+            # Bounded: a failure leaves the partition unresolved, and the next poll tries again.
+            self.raw.position(tp, timeout_ms=10_000)
         self.unresolved.clear()
         assert self._on_assign is not None
         self._on_assign(parts)
