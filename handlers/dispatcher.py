@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from adapter import wire
+from adapter.handoff import Handoff
 from adapter.logs import call_fields, peer_location
 from adapter.metrics import UNKNOWN_METHOD, HandlerMetrics
 from adapter.tracing import CallSpan, Tracing
@@ -44,6 +45,7 @@ class Dispatcher:
         self.methods = methods
         self._slots = asyncio.Semaphore(concurrency)
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
+        self._handoffs: Handoff | None = None
         self.expired = 0
         #: Handler functions running now (holding one of the `concurrency` slots).
         self.running = 0
@@ -154,7 +156,8 @@ class Dispatcher:
             if inspect.iscoroutinefunction(method.func) or inspect.isasyncgenfunction(method.func):
                 result = method.func(argument, context)
             else:
-                result = await slot.in_thread(self._threads, variables.run, method.func, argument, context)
+                result = await slot.in_thread(self._threads, self._handoff(loop), variables.run, method.func, argument,
+                                              context)
             if inspect.isawaitable(result):
                 result = await result
             if method.server_streaming:
@@ -192,7 +195,8 @@ class Dispatcher:
         try:
             while True:
                 # The handler's generator may block (sleep, read its requests): run it on a thread.
-                message = await slot.in_thread(self._threads, variables.run, _next, iterator)
+                message = await slot.in_thread(self._threads, self._handoff(asyncio.get_running_loop()),
+                                               variables.run, _next, iterator)
                 if message is _DONE:
                     return
                 await emit(method.response_serializer(message))
@@ -200,6 +204,11 @@ class Dispatcher:
             # Close the generator, so its finally blocks and the code after its loop run now.
             self._threads.submit(_close, iterator, variables)
             raise
+
+    def _handoff(self, loop: asyncio.AbstractEventLoop) -> Handoff:
+        if self._handoffs is None or self._handoffs.loop is not loop:
+            self._handoffs = Handoff(loop)
+        return self._handoffs
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -211,9 +220,28 @@ class _Slot:
     def __init__(self) -> None:
         self.thread: concurrent.futures.Future[Any] | None = None
 
-    async def in_thread(self, threads: ThreadPoolExecutor, func: Callable[..., T], *args: Any) -> T:
-        self.thread = threads.submit(func, *args)
-        return await asyncio.wrap_future(self.thread)
+    async def in_thread(self, threads: ThreadPoolExecutor, handoff: Handoff, func: Callable[..., T], *args: Any) -> T:
+        """Run `func(*args)` on `threads`; its result comes back through `handoff`, with others that end
+        meanwhile (asyncio.wrap_future would wake the loop once per call)."""
+        thread = self.thread = threads.submit(func, *args)
+        future: asyncio.Future[T] = handoff.loop.create_future()
+
+        def settle(done: concurrent.futures.Future[T]) -> None:
+            if future.done():
+                return
+            if done.cancelled():
+                future.cancel()
+            elif (error := done.exception()) is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(done.result())
+
+        thread.add_done_callback(lambda done: handoff.call(settle, done))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            thread.cancel()  # if it has not started yet
+            raise
 
 
 class _decoded:
