@@ -7,6 +7,9 @@ consumer's rebalance callbacks run on the thread that polls the consumer.
 
 Settings from `[kafka.client]` / `--kafka-option` use librdkafka's dotted names
 (``security.protocol``, ``sasl.username``...) and override ours.
+
+One module for the whole engine (~480 lines), on purpose: it reads top to bottom against
+`contract.py`, and the layout issue splits `adapter/` once, after this layer.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ kafka-python runs a sender thread per producer and an I/O thread per client; its
 calls the rebalance listener on that I/O thread while `poll` waits on the consumer's own. Settings
 from `[kafka.client]` / `--kafka-option` use kafka-python's names (``security_protocol``,
 ``sasl_plain_username``...) and override ours.
+
+One module for the whole engine (~430 lines), on purpose: it reads top to bottom against
+`contract.py`, and the layout issue splits `adapter/` once, after this layer.
 """
 
 from __future__ import annotations
