@@ -9,10 +9,13 @@ Each variant patches one named function at start-up and fails loudly if that nam
 
 - ``switch=S``: ``sys.setswitchinterval(S)`` (default 0.005): how long a thread that wants
   the GIL waits before the holder is asked to drop it.
-- ``linger=MS``: producers' ``linger_ms`` (ours: 0): batch records produced within MS.
-- ``replyfetch=MS``: the reply listener's ``fetch_max_wait_ms`` (ours: 100).
-- ``replybytes=N``: the reply listener's ``fetch_max_bytes`` (kafka-python's default: 50 MiB).
-- ``commit=S``: a handler commits offsets at most every S seconds (ours: after every poll).
+- ``linger=MS``: producers' linger (ours: 0): batch records produced within MS.
+- ``replyfetch=MS``: the frontend's fetch wait (ours: 100).
+- ``replybytes=N``: the frontend's fetch size limit.
+- ``commit=S``: a handler commits offsets at most every S seconds (ours: every 0.2 s).
+
+The Kafka settings go in as `--kafka-option` would give them (`KAFKA_RPC_KAFKA_OPTION`), in
+the names of the engine the process runs.
 - ``trace=DIR``: timestamps at each hand-off of a call, written to DIR (`bench.trace`).
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 import runpy
 import sys
 import time
@@ -30,15 +34,15 @@ def _module(name: str) -> Any:
     return importlib.import_module(name)
 
 
-def _wrap_factory(module: str, name: str, **forced: Any) -> None:
-    mod = _module(module)
-    original = getattr(mod, name)  # AttributeError here: the code moved, update the variant
-
-    @functools.wraps(original)
-    def factory(*args: Any, **kwargs: Any) -> Any:
-        return original(*args, **(kwargs | forced))
-
-    setattr(mod, name, factory)
+def _kafka_option(confluent: str, kafka_python: str, frontend_only: bool = False) -> None:
+    """A Kafka client setting for this process, as `--kafka-option` would give it (in the engine's names)."""
+    if frontend_only and sys.argv[0] != "adapter":
+        return
+    engine = "kafka-python" if "kafka-python" in sys.argv or os.environ.get("KAFKA_RPC_KAFKA_CLIENT") == "kafka-python" \
+        else "confluent"
+    setting = kafka_python if engine == "kafka-python" else confluent
+    current = os.environ.get("KAFKA_RPC_KAFKA_OPTION")
+    os.environ["KAFKA_RPC_KAFKA_OPTION"] = f"{current},{setting}" if current else setting
 
 
 def switch(value: str) -> None:
@@ -46,16 +50,15 @@ def switch(value: str) -> None:
 
 
 def linger(value: str) -> None:
-    for module in ("adapter.transport", "handlers.worker"):
-        _wrap_factory(module, "make_producer", linger_ms=int(value))
+    _kafka_option(f"linger.ms={value}", f"linger_ms={int(value)}")
 
 
 def replyfetch(value: str) -> None:
-    _wrap_factory("adapter.replies", "make_consumer", fetch_max_wait_ms=int(value))
+    _kafka_option(f"fetch.wait.max.ms={value}", f"fetch_max_wait_ms={value}", frontend_only=True)
 
 
 def replybytes(value: str) -> None:
-    _wrap_factory("adapter.replies", "make_consumer", fetch_max_bytes=int(value))
+    _kafka_option(f"fetch.max.bytes={value}", f"fetch_max_bytes={value}", frontend_only=True)
 
 
 def commit(value: str) -> None:
