@@ -91,6 +91,8 @@ class ConfluentEngine:
             "client.id": self.config.client_id,
             "logger": _librdkafka_log,
             "error_cb": errors,
+            # Request/reply sends small requests one after another: never hold one back (Nagle).
+            "socket.nagle.disable": True,
             **ours,
             **self.config.client_options,
         }
