@@ -292,6 +292,8 @@ class _Consumer:
         self._from_end = from_end
         self._errors = errors
         self._assigned: set[Partition] = set()
+        #: Committed offsets of partitions not read since their assignment (for `lag`).
+        self._starts: dict[Partition, int] = {}
 
     def subscribe(self, topics: list[str], on_assign: OnAssign, on_revoke: OnRevoke) -> None:
         def assigned(consumer: Consumer, tps: list[TP]) -> None:
@@ -312,6 +314,8 @@ class _Consumer:
                 log.warning("commit on revocation failed (the records will be redelivered): %s", exc)
             finally:
                 self._assigned.difference_update(parts)
+                for part in parts:
+                    self._starts.pop(part, None)
                 consumer.incremental_unassign(tps)
 
         with translated(f"subscribing to {', '.join(topics)}"):
@@ -411,11 +415,13 @@ class _Consumer:
                     lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
                 else:  # nothing read since it was assigned: reading starts at the committed offset
                     unread.append((tp, max(low, 0), high))
-            if unread:
-                committed = {(c.topic, c.partition): c.offset for c in self.raw.committed([tp for tp, _, _ in unread], timeout=1)}
-                for tp, low, high in unread:
-                    start = committed.get((tp.topic, tp.partition), -1)
-                    lags[(tp.topic, tp.partition)] = max(0, high - (start if start >= 0 else low))
+            # An unread partition's committed offset cannot change while we own it: ask once.
+            unknown = [tp for tp, _, _ in unread if (tp.topic, tp.partition) not in self._starts]
+            if unknown:
+                self._starts.update({(c.topic, c.partition): c.offset for c in self.raw.committed(unknown, timeout=1)})
+            for tp, low, high in unread:
+                start = self._starts.get((tp.topic, tp.partition), -1)
+                lags[(tp.topic, tp.partition)] = max(0, high - (start if start >= 0 else low))
         except KafkaException as exc:
             log.debug("could not sample the consumer lag: %s", _reason(exc))
             return None
