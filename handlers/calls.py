@@ -203,6 +203,26 @@ class Calls:
                                                   *peer_location(call.context.peer())))
         await asyncio.gather(*(c.task for c in doomed if c.task is not None), return_exceptions=True)
 
+    def running_in(self, partitions: set[Partition]) -> list[bytes]:
+        """The correlation ids of the calls from `partitions` whose task has not ended."""
+        return [cid for cid, c in self._calls.items()
+                if c.partition in partitions and c.task is not None and not c.task.done()]
+
+    async def drop(self, partitions: set[Partition], why: str) -> None:
+        """End the calls that came from `partitions` without a reply of theirs, whatever they were doing.
+
+        For calls whose reply could no longer be committed with their request's offset (their
+        partition moved on, exactly-once mode): their next owner runs them again and answers.
+        A call already sending its final reply is stopped before the send, if it has not happened."""
+        doomed = [self._calls[cid] for cid in self.running_in(partitions)]
+        for call in doomed:
+            if call.ended:
+                assert call.task is not None
+                call.task.cancel()
+            else:
+                self.cancel(call.request.correlation_id, why, grpc.StatusCode.ABORTED)
+        await asyncio.gather(*(c.task for c in doomed if c.task is not None), return_exceptions=True)
+
     async def finish(self, partitions: set[Partition], timeout: float) -> None:
         """Wait up to `timeout` seconds for the calls that came from `partitions` to end."""
         tasks = [c.task for c in self._calls.values() if c.partition in partitions and c.task is not None]

@@ -8,6 +8,12 @@
     if txn.failed:                                            # aborted: the caller rewinds, then
         txn.resume()
 
+A send into an aborted transaction (until `resume`) raises `TransactionAborted`: the call it
+belongs to runs again after the caller's rewind, so its reply must not reach the next
+transaction. Nothing here waits for the rewind, so a rebalance callback that sends (the
+ABORTED replies of moving streams) can never wait for the event loop's rewind, which waits
+for the consumer thread the callback holds (#12.1).
+
 A request's record is marked done in the step that hands its final reply to the producer, and
 sends wait while a commit runs, so each commit covers exactly the replies it makes visible.
 Commits run as soon as there is something to commit, one at a time: what arrives during one
@@ -29,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from adapter.config import WorkerConfig
+from adapter.errors import TransportError
 from adapter.kafka import Engine, TransactionalProducer
 from adapter.kafka.handoff import Handoff, deliver
 from adapter.metrics import HandlerMetrics
@@ -38,6 +45,10 @@ log = logging.getLogger(__name__)
 
 #: Longest commit metadata we write: brokers refuse more than offset.metadata.max.bytes (4096 by default).
 MAX_METADATA = 4000
+
+
+class TransactionAborted(TransportError):
+    """The open transaction was aborted: what was sent into it is gone, and its calls run again."""
 
 
 class Transactions:
@@ -53,12 +64,14 @@ class Transactions:
         self._tracker = tracker
         self._metrics = metrics
         self._producer: TransactionalProducer | None = None
-        self._open = asyncio.Event()  # set while sends may go into the open transaction
+        self._open = False  # sends may go into the open transaction (no commit runs, none failed)
+        #: Set, and replaced, each time `_open` or `failed` changes: what waiting sends wake on.
+        self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
         self._dirty = False  # something was sent since the last commit
         self._committed: dict[Partition, tuple[int, str]] = {}
         self._closed = False
-        #: A transaction was aborted: sends wait until the caller has rewound and calls `resume`.
+        #: A transaction was aborted: sends raise `TransactionAborted` until the caller rewinds and resumes.
         self.failed = False
         self._committer: asyncio.Task[None] | None = None
         self._again = False
@@ -69,7 +82,7 @@ class Transactions:
     async def start(self) -> None:
         """Create the producer, fence an earlier process with the same id, open a transaction."""
         self._producer = await self._blocking(self._new_producer)
-        self._open.set()
+        self._set_open(True)
         log.info("exactly-once mode: transactional id %s", self.transactional_id)
 
     def _new_producer(self) -> TransactionalProducer:
@@ -89,8 +102,10 @@ class Transactions:
         """Produce a record in the open transaction (waiting while a commit runs); the future ends
         when Kafka acknowledged the record (it counts once the transaction commits)."""
         # A sender woken when one commit ended may find the next one started: wait again.
-        while not self._open.is_set():
-            await self._open.wait()
+        while not self._open:
+            if self.failed:
+                raise TransactionAborted("the transaction was aborted; the call runs again")
+            await self._changed.wait()
         self._dirty = True
         assert self._producer is not None
         future = deliver(self._producer, self._handoff, topic, value, key, headers, partition)
@@ -113,7 +128,12 @@ class Transactions:
     def resume(self) -> None:
         """After an abort and the caller's rewind: let sends into the new transaction."""
         self.failed = False
-        self._open.set()
+        self._set_open(True)
+
+    def _set_open(self, open_: bool) -> None:
+        self._open = open_
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def commit(self) -> bool:
         """Commit what was sent and the offsets done so far, then open the next transaction.
@@ -139,7 +159,7 @@ class Transactions:
                     log.warning("a slow call holds back %d records; the transaction stays open until it ends",
                                 sum(len(d) for _, d in self._tracker.positions().values()))
                 return True
-            self._open.clear()
+            self._open = False
             started = time.perf_counter()
             try:
                 await self._blocking(self._commit, changed)
@@ -151,8 +171,9 @@ class Transactions:
                 finally:
                     self._committed.clear()
                     # Only now, with a producer ready for the next transaction, may the caller
-                    # rewind and resume; sends wait meanwhile (the finally below leaves them shut).
+                    # rewind and resume; sends fail meanwhile (the finally below leaves them shut).
                     self.failed = True
+                    self._set_open(False)  # waiting sends wake, and fail
                 return False
             else:
                 self._committed.update(changed)
@@ -162,7 +183,7 @@ class Transactions:
             finally:
                 self._dirty = False
                 if not self.failed:
-                    self._open.set()
+                    self._set_open(True)
 
     def _commit(self, changed: dict[Partition, tuple[int, str]]) -> None:
         assert self._producer is not None

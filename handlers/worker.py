@@ -79,6 +79,8 @@ class Worker:
         self.txn: Transactions | None = None
         #: Where each running call's opening record is, to mark it done when its reply is sent.
         self._origins: dict[bytes, tuple[str, int, int, int]] = {}
+        #: Calls ended without their reply because their partition moved (exactly-once): not done here.
+        self._dropped: set[bytes] = set()
         #: Partitions whose commit metadata was read (exactly-once mode), on the consumer thread.
         self._loaded: set[Partition] = set()
         self.replied = 0
@@ -245,7 +247,11 @@ class Worker:
     def _finished(self, task: asyncio.Future[None], record: Record, where: str, generation: int) -> None:
         self._tasks.discard(task)
         headers = record.headers
-        self._origins.pop(wire.correlation_id_of(headers) or b"", None)
+        cid = wire.correlation_id_of(headers) or b""
+        self._origins.pop(cid, None)
+        if cid in self._dropped:
+            self._dropped.discard(cid)
+            return  # its next owner runs it: its record is not done here
         # The offset of a call's opening record is done only once its final reply is sent, and
         # only if its partition was not reassigned meanwhile (the record then runs again).
         self.tracker.done(record.topic, record.partition, record.offset, generation)
@@ -444,8 +450,19 @@ class Worker:
     async def _revoke_transactional(self, parts: set[Partition]) -> None:
         assert self.txn is not None
         self._owned -= parts
-        await self.calls.abort(parts, grpc.StatusCode.ABORTED, "the call's partition moved to another handler process")
-        await self.calls.finish(parts, REVOKE_GRACE)
+        moved = "the call's partition moved to another handler process"
+        if not self.txn.failed:
+            # (A transaction that aborts meanwhile makes these sends fail at once, never wait.)
+            await self.calls.abort(parts, grpc.StatusCode.ABORTED, moved)
+            await self.calls.finish(parts, REVOKE_GRACE)
+        # What is still running cannot reply any more: a later transaction would commit its reply
+        # without its offset, while the partition's next owner runs it again (#12.2).
+        dropped = self.calls.running_in(parts)
+        self._dropped.update(dropped)  # before their done-callbacks run
+        await self.calls.drop(parts, moved)
+        if dropped:
+            log.info("%d calls of the revoked partitions stopped without a reply; their next owner runs them",
+                     len(dropped))
         await asyncio.sleep(0)
         # If this fails, nothing of these partitions was committed: their next owner runs them
         # again, and the loop's rewind stops the calls still running here.

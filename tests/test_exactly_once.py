@@ -238,3 +238,38 @@ def test_a_handler_joining_mid_flight_takes_partitions_without_double_replies(ka
         for proc in (first, second, front):
             if proc is not None:
                 proc.stop()
+
+
+def test_a_call_slower_than_the_revoke_grace_is_answered_once(kafka_bootstrap: str, prefix: str,
+                                                              tmp_path: Path) -> None:
+    """#12.2: a unary call still running when its partition is revoked (after the grace) must not
+    commit a reply of its own later: its new owner runs it again and commits the only reply."""
+    front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
+    first = _handler(tmp_path, "h1", kafka_bootstrap, prefix, "h1")
+    second = None
+    try:
+        with grpc.insecure_channel(address) as channel:
+            kitchen = kitchen_pb2_grpc.KitchenStub(channel)
+            # Longer than the worker's REVOKE_GRACE (5 s); keyless, so spread over the partitions.
+            slow = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=7), timeout=90) for _ in range(12)]
+            first.wait_for("consuming")
+            time.sleep(1.0)
+            second = _handler(tmp_path, "h2", kafka_bootstrap, prefix, "h2")
+            first.wait_for("partitions revoked")
+            assert [procs.status_of(f) for f in slow] == [grpc.StatusCode.OK] * len(slow)
+        # The first handler's calls on the moved partitions end without a reply of theirs; let
+        # them reach the point where the defect sent one (7 s after they began), then settle.
+        time.sleep(3.0)
+        for proc in (first, second):
+            proc.popen.send_signal(signal.SIGTERM)
+            assert proc.popen.wait(60) == 0
+        committed, ends = _committed(kafka_bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
+        assert committed == ends
+        replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
+        twice = [c.hex() for c, n in replies.items() if n > 1]
+        assert not twice, f"{len(twice)} of {len(slow)} slow calls had their reply committed twice"
+        assert sum(replies.values()) == len(slow)
+    finally:
+        for proc in (first, second, front):
+            if proc is not None:
+                proc.stop()

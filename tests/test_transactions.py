@@ -118,22 +118,33 @@ def test_sends_wait_while_a_commit_runs(producer: Producer) -> None:
     asyncio.run(run())
 
 
-def test_an_aborted_transaction_holds_sends_until_the_caller_resumes(producer: Producer) -> None:
+def test_an_aborted_transaction_refuses_sends_until_the_caller_resumes(producer: Producer) -> None:
+    """Sends neither wait for the rewind (a rebalance callback's send would wait for the loop that
+    waits for the callback, #12.1) nor reach the next transaction (their call runs again)."""
     async def run() -> None:
         tracker = OffsetTracker()
         txn = new(tracker, producer)
         await txn.start()
         await txn.send("replies", b"1", None, [])
+        producer.hold.clear()
         producer.fail_commit = True
-        assert not await txn.commit()
-        assert txn.failed and "abort" in producer.log
-        waiting = asyncio.create_task(txn.send("replies", b"2", None, []))
+        committing = asyncio.create_task(txn.commit())
         await asyncio.sleep(0.05)
-        assert not waiting.done()  # the caller has not rewound yet
+        waiting = asyncio.create_task(txn.send("replies", b"2", None, []))  # waits for the commit
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        producer.hold.set()
+        assert not await committing
+        assert txn.failed and "abort" in producer.log
+        with pytest.raises(transactions.TransactionAborted):
+            await waiting  # woken by the abort, refused
+        with pytest.raises(transactions.TransactionAborted):
+            await txn.send("replies", b"3", None, [])
+        assert producer.log.count(("send", "replies")) == 1
         assert not await txn.commit()  # nor does anything commit meanwhile
         producer.fail_commit = False
         txn.resume()
-        await waiting
+        await txn.send("replies", b"4", None, [])
         assert await txn.commit()
         await txn.close()
 
