@@ -5,7 +5,8 @@
     ├── ProtoError                .proto files cannot be loaded, or an option is wrong
     ├── MalformedRecord           a Kafka record does not follow docs/protocol.md
     ├── TransportError            Kafka could not be reached or refused a request
-    │   └── MissingTopic          a needed topic does not exist and may not be created
+    │   ├── MissingTopic          a needed topic does not exist and may not be created
+    │   └── TransactionAborted    exactly-once: the open transaction was aborted, its calls run again
     └── CallError                 a call ended with a gRPC status (carries code and details)
         └── CallTimeout           no reply before the deadline (DEADLINE_EXCEEDED)
 
@@ -40,6 +41,10 @@ class TransportError(KafkaRpcError):
 
 class MissingTopic(TransportError):
     """A topic is missing and topic creation is disabled."""
+
+
+class TransactionAborted(TransportError):
+    """The open transaction was aborted: what was sent into it is gone, and its calls run again."""
 
 
 class CallError(KafkaRpcError):

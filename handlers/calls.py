@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from adapter import wire
+from adapter.errors import TransactionAborted, TransportError
 from adapter.logs import call_fields, peer_location
 from adapter.metrics import DEADLINE_SLACK, HandlerMetrics
 from handlers.context import HandlerContext
@@ -83,6 +84,13 @@ class RequestStream:
 
 #: Bytes counted per queued message besides its payload, so empty messages are bounded too.
 _OVERHEAD = 64
+
+
+def refused_status(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status a call ends with when Kafka refused one of its replies with `error`."""
+    too_large = any(marker in str(error) for marker in ("TOO_LARGE", "TooLarge", "too large"))
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED if too_large else grpc.StatusCode.INTERNAL
+    return code, f"the handler's reply could not be written to Kafka: {error}"
 
 
 class CallCancelled(Exception):
@@ -263,7 +271,20 @@ class Calls:
             if call.ended:
                 raise asyncio.CancelledError()
             if request.reply_topic:
-                await self._send(request, wire.Frame(request.correlation_id, wire.MESSAGE, call.sent, payload), call.key)
+                frame = wire.Frame(request.correlation_id, wire.MESSAGE, call.sent, payload)
+                try:
+                    await self._send(request, frame, call.key)
+                except TransportError as exc:
+                    if not isinstance(exc, TransactionAborted):
+                        # The stream ends with this status, in a reply small enough to get through (#12.3).
+                        code, details = refused_status(exc)
+                        self.metrics.reply_errors.inc()
+                        log.warning("a stream message of call %s refused by Kafka: %s", request.correlation_id.hex(),
+                                    exc, extra=call_fields(request.method, request.correlation_id,
+                                                           *peer_location(call.context.peer())))
+                        call.context.set_code(code)
+                        call.context.set_details(details)
+                    raise
             call.sent += 1
 
         reply = None

@@ -35,20 +35,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from adapter.config import WorkerConfig
-from adapter.errors import TransportError
+from adapter.errors import TransactionAborted
 from adapter.kafka import Engine, TransactionalProducer
 from adapter.kafka.handoff import Handoff, deliver
 from adapter.metrics import HandlerMetrics
 from handlers.offsets import OffsetTracker, Partition, encode_done
 
+__all__ = ["TransactionAborted", "Transactions"]
+
 log = logging.getLogger(__name__)
 
 #: Longest commit metadata we write: brokers refuse more than offset.metadata.max.bytes (4096 by default).
 MAX_METADATA = 4000
-
-
-class TransactionAborted(TransportError):
-    """The open transaction was aborted: what was sent into it is gone, and its calls run again."""
 
 
 class Transactions:

@@ -25,13 +25,13 @@ import grpc
 
 from adapter import wire
 from adapter.config import WorkerConfig, check_topic
-from adapter.errors import ConfigError, MalformedRecord
+from adapter.errors import ConfigError, MalformedRecord, TransactionAborted
 from adapter.kafka import Consumer, Offsets, Producer, Record, open_engine
 from adapter.kafka.handoff import Handoff, deliver
 from adapter.logs import record_fields
 from adapter.metrics import HandlerMetrics
 from adapter.routing import Route
-from handlers.calls import Calls
+from handlers.calls import Calls, refused_status
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
 from handlers.fetcher import Fetcher
@@ -53,6 +53,11 @@ HOLD_BEFORE_PAUSE = 30.0
 HOUSEKEEPING = 0.1
 #: Seconds between samples of the consumer lag, for the metrics.
 LAG_INTERVAL = 2.0
+#: Longest wait between two tries to dead-letter a request whose reply Kafka refused.
+DEAD_LETTER_BACKOFF = 30.0
+#: Calls whose reply an aborted transaction lost because Kafka refused it, remembered so that
+#: their run again goes to the dead-letter topic instead of failing the next transaction too.
+REFUSED_REMEMBERED = 1000
 
 
 class Worker:
@@ -81,6 +86,8 @@ class Worker:
         self._origins: dict[bytes, tuple[str, int, int, int]] = {}
         #: Calls ended without their reply because their partition moved (exactly-once): not done here.
         self._dropped: set[bytes] = set()
+        #: Exactly-once: correlation id -> why Kafka refused its reply in an aborted transaction.
+        self._refused: dict[bytes, str] = {}
         #: Partitions whose commit metadata was read (exactly-once mode), on the consumer thread.
         self._loaded: set[Partition] = set()
         self.replied = 0
@@ -183,6 +190,11 @@ class Worker:
             if decoded.reply_topic is not None and not self._reply_allowed(decoded.reply_topic):
                 self._reject(record, where, f"reply topic {decoded.reply_topic!r} is not allowed", "reply_topic")
                 return
+            refused = self._refused.pop(decoded.correlation_id, None)
+            if refused is not None:
+                # It ran, and its reply failed the transaction: running it again would fail the next one.
+                self._reject(record, where, refused, "reply_refused")
+                return
             if not decoded.method and record.topic in self._sole_method:
                 decoded = dataclasses.replace(decoded, method=self._sole_method[record.topic])
         task = self.calls.accept(decoded, peer=f"kafka:{where}", partition=(record.topic, record.partition),
@@ -206,34 +218,86 @@ class Worker:
     def _reject(self, record: Record, where: str, reason: str, kind: str) -> None:
         """A record we cannot serve: answer it if we can, else move it to the dead-letter topic.
 
-        `kind` is the reason's label in the metrics: ``malformed`` or ``reply_topic``."""
+        `kind` is the reason's label in the metrics: ``malformed``, ``reply_topic`` or
+        ``reply_refused`` (run before, and Kafka refused its reply: dead-lettered at once)."""
         log.warning("rejected %s: %s", where, reason, extra=record_fields(record))
         self.metrics.records_rejected.labels(kind).inc()
         generation = self.tracker.generation(record.topic, record.partition)
-        task = asyncio.ensure_future(self._answer_rejected(record, where, reason, generation))
+        task = asyncio.ensure_future(self._answer_rejected(record, where, reason, generation, kind != "reply_refused"))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(t, record, where, generation))
 
-    async def _answer_rejected(self, record: Record, where: str, reason: str, generation: int) -> None:
+    async def _answer_rejected(self, record: Record, where: str, reason: str, generation: int, answer: bool) -> None:
+        # A refused answer fails this task: `_finished` then dead-letters the record.
         headers = record.headers
         cid = wire.correlation_id_of(headers)
         reply_to = [bytes(v or b"") for n, v in headers if n == wire.REPLY_TOPIC]
         reply_topic = reply_to[-1].decode(errors="replace") if reply_to else None
+        if not (answer and cid and reply_topic and self._reply_allowed(reply_topic)):
+            await self._dead_letter(record, where, reason, generation)
+            return
+        reply = wire.Reply(cid, code=grpc.StatusCode.INVALID_ARGUMENT, message=reason)
+        future = await self._produce(reply_topic, b"", record.key, reply.encode_headers())
+        if self.txn is not None:  # done in the transaction that carries its answer, as replies are
+            self.tracker.done(record.topic, record.partition, record.offset, generation)
+        await future
+
+    async def _refused_reply(self, record: Record, where: str, generation: int, error: BaseException) -> None:
+        """Kafka refused an answer to `record`: tell the caller with an error reply if that gets
+        through, else dead-letter the request, retrying until it is (never lost)."""
+        fields = record_fields(record)
+        call = f"{fields.get('method') or '?'} call {fields.get('correlation_id') or '?'} ({where})"
+        self.metrics.reply_errors.inc()
+        log.warning("reply to %s refused by Kafka: %s", call, error, extra=fields)
+        code, reason = refused_status(error)
         try:
-            if cid and reply_topic and self._reply_allowed(reply_topic):
-                reply = wire.Reply(cid, code=grpc.StatusCode.INVALID_ARGUMENT, message=reason)
-                future = await self._produce(reply_topic, b"", record.key, reply.encode_headers())
-            else:
-                self.dead_lettered += 1
-                self.metrics.records_dead_lettered.inc()
+            request = wire.decode_request(record.headers, record.value)
+        except MalformedRecord:
+            request = None  # a rejected record whose rejection was refused
+        if self.txn is not None and isinstance(request, wire.Request):
+            # If this transaction aborts (a refusal seen only at delivery fails it), the call runs
+            # again: it then goes to the dead-letter topic at once instead of failing the next one.
+            self._refused[request.correlation_id] = reason
+            while len(self._refused) > REFUSED_REMEMBERED:
+                self._refused.pop(next(iter(self._refused)))
+        if isinstance(request, wire.Request) and request.reply_topic and self._reply_allowed(request.reply_topic):
+            reply = wire.Reply(request.correlation_id, code=code, message=reason)
+            try:
+                future = await self._produce(request.reply_topic, b"", record.key, reply.encode_headers(),
+                                             request.reply_partition)
+                if self.txn is not None:
+                    self.tracker.done(record.topic, record.partition, record.offset, generation)
+                await future
+                return
+            except TransactionAborted:
+                raise
+            except Exception as again:
+                log.warning("the %s status for %s was refused too (%s): dead-lettering the request", code.name,
+                            call, again, extra=fields)
+        await self._dead_letter(record, where, reason, generation)
+
+    async def _dead_letter(self, record: Record, where: str, reason: str, generation: int) -> None:
+        """Copy `record` to the dead-letter topic with `reason`, retrying until Kafka takes it (or a drain)."""
+        backoff = 1.0
+        while True:
+            try:
                 future = await self._produce(self.config.dead_letter_topic, record.value or b"", record.key,
-                                             wire.dead_letter_headers(headers, reason, where))
-            if self.txn is not None:  # done in the transaction that carries its answer, as replies are
-                self.tracker.done(record.topic, record.partition, record.offset, generation)
-            await future
-        except Exception as exc:  # a record that even the producer refuses must not stop the partition
-            log.error("could not reject %s (%s): %s; skipped", where, reason, exc, extra=record_fields(record))
-            self.metrics.reply_errors.inc()
+                                             wire.dead_letter_headers(record.headers, reason, where))
+                if self.txn is not None:  # done in the transaction that carries the dead letter
+                    self.tracker.done(record.topic, record.partition, record.offset, generation)
+                await future
+                break
+            except TransactionAborted:
+                raise
+            except Exception as exc:
+                if self._draining:
+                    raise
+                log.error("cannot dead-letter %s, retrying in %.0fs: %s", where, backoff, exc,
+                          extra=record_fields(record))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, DEAD_LETTER_BACKOFF)
+        self.dead_lettered += 1
+        self.metrics.records_dead_lettered.inc()
 
     async def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
                        partition: int | None = None) -> asyncio.Future[None]:
@@ -244,58 +308,71 @@ class Worker:
         assert self._producer is not None and self._handoff is not None
         return deliver(self._producer, self._handoff, topic, value, key, headers, partition)
 
-    def _finished(self, task: asyncio.Future[None], record: Record, where: str, generation: int) -> None:
+    def _finished(self, task: asyncio.Future[None], record: Record, where: str, generation: int,
+                  salvage: bool = True) -> None:
         self._tasks.discard(task)
         headers = record.headers
         cid = wire.correlation_id_of(headers) or b""
         self._origins.pop(cid, None)
+        self._windows.pop(cid, None)  # a stream cancelled or timed out sends no final reply (#12.7)
         if cid in self._dropped:
             self._dropped.discard(cid)
             return  # its next owner runs it: its record is not done here
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, TransactionAborted):
+            fields = record_fields(record)
+            if not salvage:  # only a drain gives up: the record stays uncommitted, its next owner runs it
+                log.error("gave up on %s, left uncommitted: %s", where, error, extra=fields)
+                return
+            # Kafka refused the call's reply: its record is done only once the caller is told or
+            # the request is dead-lettered (#12.3).
+            refusal = asyncio.ensure_future(self._refused_reply(record, where, generation, error))
+            self._tasks.add(refusal)
+            refusal.add_done_callback(lambda t: self._finished(t, record, where, generation, salvage=False))
+            return
         # The offset of a call's opening record is done only once its final reply is sent, and
         # only if its partition was not reassigned meanwhile (the record then runs again).
         self.tracker.done(record.topic, record.partition, record.offset, generation)
         if self._full_since is not None:
             self._flow_control()  # there may be room again: fetch at once
-        if task.cancelled() or task.exception() is None:
-            return
-        fields = record_fields(record)
-        call = f"{fields.get('method', '?')} call {fields.get('correlation_id', '?')} ({where})"
-        if self.txn is not None:
-            log.debug("failed to reply to %s; its transaction aborts and the call runs again: %s", call,
-                        task.exception(), extra=fields)
-        else:
-            log.error("failed to reply to %s: %s", call, task.exception(), extra=fields)
-            self.metrics.reply_errors.inc()
+        if error is not None:
+            log.debug("call of %s: its transaction was aborted and it runs again", where, extra=record_fields(record))
 
     async def _send(self, request: wire.Request, record: wire.Reply | wire.Frame, key: bytes | None) -> None:
         """Produce one reply record; stream messages are pipelined, a final reply waits for all."""
         assert self._loop is not None and request.reply_topic is not None
+        window = self._windows.setdefault(request.correlation_id, [])
+        final = isinstance(record, wire.Reply)
+        if final and window and self.txn is None:
+            # A stream ends only once its messages are in Kafka: a caller must never read OK after
+            # a message Kafka refused (the call's refusal path answers instead). Transactions need
+            # no wait: a refused message aborts the transaction its end is in.
+            await self._settle(request.correlation_id, window)
         future = await self._produce(request.reply_topic, record.payload, key, record.encode_headers(),
                                      request.reply_partition)
-        if self.txn is not None and isinstance(record, wire.Reply):
+        if self.txn is not None and final:
             # In the same step as the send: the commit that makes this reply visible also
             # commits its request's offset.
             origin = self._origins.pop(request.correlation_id, None)
             if origin is not None:
                 self.tracker.done(*origin)
-        window = self._windows.setdefault(request.correlation_id, [])
         window.append(future)
-        if isinstance(record, wire.Frame) and len(window) < STREAM_WINDOW:
+        if not final and len(window) < STREAM_WINDOW:
             return
+        # The final reply (or a full window) waits: a stream cannot outrun Kafka.
+        await self._settle(request.correlation_id, window)
+        if final:
+            self.replied += 1
+
+    async def _settle(self, correlation_id: bytes, window: list[asyncio.Future[None]]) -> None:
+        """Wait for the records of `window`; raise the first refusal."""
         try:
-            # The final reply (or a full window) waits: a stream cannot outrun Kafka.
             results = await asyncio.gather(*window, return_exceptions=True)
         finally:
-            if isinstance(record, wire.Reply):
-                self._windows.pop(request.correlation_id, None)
-            else:
-                window.clear()
+            window.clear()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
-        if isinstance(record, wire.Reply):
-            self.replied += 1
 
     def _poll(self) -> tuple[list[Record], dict[Partition, set[int]]] | None:
         """On the consumer thread: one fetch, and every LAG_INTERVAL a sample of the lag.

@@ -65,6 +65,8 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
     def Keyed(self, request, context):
         return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
 
+    def Grow(self, request, context):
+        return kitchen_pb2.Item(i=request.n, data=b"x" * request.size)
 
     def KeyedCountUp(self, request, context):
         yield from self.CountUp(request, context)
