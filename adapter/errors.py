@@ -6,6 +6,7 @@
     ├── MalformedRecord           a Kafka record does not follow docs/protocol.md
     ├── TransportError            Kafka could not be reached or refused a request
     │   ├── MissingTopic          a needed topic does not exist and may not be created
+    │   ├── RecordRefused         Kafka refused one record itself (too large, no such partition...)
     │   └── TransactionAborted    exactly-once: the open transaction was aborted, its calls run again
     └── CallError                 a call ended with a gRPC status (carries code and details)
         └── CallTimeout           no reply before the deadline (DEADLINE_EXCEEDED)
@@ -41,6 +42,11 @@ class TransportError(KafkaRpcError):
 
 class MissingTopic(TransportError):
     """A topic is missing and topic creation is disabled."""
+
+
+class RecordRefused(TransportError):
+    """Kafka refused one record for what it is or where it goes (too large, no such topic or
+    partition, not authorized): sending the same record again fails the same way."""
 
 
 class TransactionAborted(TransportError):

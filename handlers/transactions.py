@@ -72,6 +72,7 @@ class Transactions:
         #: A transaction was aborted: sends raise `TransactionAborted` until the caller rewinds and resumes.
         self.failed = False
         self._committer: asyncio.Task[None] | None = None
+        self._abandoning: set[asyncio.Task[None]] = set()
         self._again = False
         self._held_logged = 0.0
         # One thread: the producer's transactional calls block, and must never run at once.
@@ -182,6 +183,29 @@ class Transactions:
                 self._dirty = False
                 if not self.failed:
                     self._set_open(True)
+
+    def abandon_soon(self, why: str) -> None:
+        """`abandon`, in a task of its own (kept here: nothing else may cancel it halfway)."""
+        task = asyncio.get_running_loop().create_task(self.abandon(why))
+        self._abandoning.add(task)
+        task.add_done_callback(self._abandoning.discard)
+
+    async def abandon(self, why: str) -> None:
+        """Abort the open transaction because something sent into it was lost: like a failed
+        commit, it sets `failed`, and the caller rewinds so that its calls run again."""
+        async with self._lock:
+            if self._closed or self.failed:
+                return
+            self._set_open(False)
+            log.warning("transaction aborted, its calls will run again: %s", why)
+            self._metrics.transactions.labels("aborted").inc()
+            try:
+                await self._abort()
+            finally:
+                self._committed.clear()
+                self._dirty = False
+                self.failed = True
+                self._set_open(False)
 
     def _commit(self, changed: dict[Partition, tuple[int, str]]) -> None:
         assert self._producer is not None

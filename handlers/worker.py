@@ -25,7 +25,7 @@ import grpc
 
 from adapter import wire
 from adapter.config import WorkerConfig, check_topic
-from adapter.errors import ConfigError, MalformedRecord, TransactionAborted
+from adapter.errors import ConfigError, MalformedRecord, RecordRefused, TransactionAborted
 from adapter.kafka import Consumer, Offsets, Producer, Record, open_engine
 from adapter.kafka.handoff import Handoff, deliver
 from adapter.logs import record_fields
@@ -254,7 +254,7 @@ class Worker:
             request = wire.decode_request(record.headers, record.value)
         except MalformedRecord:
             request = None  # a rejected record whose rejection was refused
-        if self.txn is not None and isinstance(request, wire.Request):
+        if self.txn is not None and isinstance(request, wire.Request) and isinstance(error, RecordRefused):
             # If this transaction aborts (a refusal seen only at delivery fails it), the call runs
             # again: it then goes to the dead-letter topic at once instead of failing the next one.
             self._refused[request.correlation_id] = reason
@@ -323,6 +323,11 @@ class Worker:
             fields = record_fields(record)
             if not salvage:  # only a drain gives up: the record stays uncommitted, its next owner runs it
                 log.error("gave up on %s, left uncommitted: %s", where, error, extra=fields)
+                return
+            if self.txn is not None and not isinstance(error, RecordRefused):
+                # Not about this record (a fenced or broken producer...): the transaction has lost
+                # a reply, so it is aborted, and the call runs again after the rewind.
+                self.txn.abandon_soon(f"a reply of {where} was lost: {error}")
                 return
             # Kafka refused the call's reply: its record is done only once the caller is told or
             # the request is dead-lettered (#12.3).

@@ -27,7 +27,7 @@ from confluent_kafka import TopicPartition as TP
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
 from adapter.config import KafkaConfig
-from adapter.errors import MissingTopic, TransportError
+from adapter.errors import MissingTopic, RecordRefused, TransportError
 from adapter.kafka.contract import Offsets, OnAssign, OnDelivery, OnRevoke, Partition, Record, record_limit
 from adapter.kafka.hints import tls_hint
 
@@ -40,6 +40,18 @@ def _reason(exc: BaseException) -> str:
     if isinstance(error, KafkaError):
         return f"{error.name()}: {error.str()}"
     return f"{type(exc).__name__}: {exc}"
+
+
+#: Errors about one record itself: producing it again fails the same way.
+_REFUSED = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.INVALID_RECORD, KafkaError.TOPIC_EXCEPTION,
+    KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.TOPIC_AUTHORIZATION_FAILED})
+
+
+def _produce_error(topic: str, error: KafkaError) -> TransportError:
+    kind = RecordRefused if error.code() in _REFUSED else TransportError
+    return kind(f"producing to {topic}: {error.name()}: {error.str()}")
 
 
 @contextmanager
@@ -247,7 +259,7 @@ class _Producer:
         callback = None
         if on_delivery is not None:
             def callback(error: KafkaError | None, _message: Any) -> None:
-                on_delivery(None if error is None else TransportError(f"producing to {topic}: {error.name()}: {error.str()}"))
+                on_delivery(None if error is None else _produce_error(topic, error))
         try:
             sent: Any = headers  # confluent-kafka's stubs want the header values' type wider
             if partition is None:
@@ -257,6 +269,9 @@ class _Producer:
         except BufferError as exc:
             raise TransportError(f"producing to {topic}: the local send queue is full ({exc})") from exc
         except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is not None:
+                raise _produce_error(topic, error) from exc
             raise TransportError(f"producing to {topic}: {_reason(exc)}") from exc
 
     def flush(self, timeout: float) -> None:

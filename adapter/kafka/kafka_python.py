@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kafka_errors
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, SaslAuthenticationFailedError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from adapter.config import KafkaConfig
-from adapter.errors import ConfigError, MissingTopic, TransportError
+from adapter.errors import ConfigError, MissingTopic, RecordRefused, TransportError
 from adapter.kafka.balanced import TopicBalancedAssignor
 from adapter.kafka.contract import Offsets, OnAssign, OnDelivery, OnRevoke, Partition, Record, record_limit
 from adapter.kafka.hints import tls_hint
@@ -39,7 +40,18 @@ def translated(action: str) -> Iterator[None]:
     try:
         yield
     except KafkaError as exc:
-        raise TransportError(f"{action}: {type(exc).__name__}: {exc}") from exc
+        raise _translate(action, exc) from exc
+
+
+#: Errors about one record itself: producing it again fails the same way.
+_REFUSED = (kafka_errors.MessageSizeTooLargeError, kafka_errors.UnknownTopicOrPartitionError,
+            kafka_errors.InvalidTopicError, kafka_errors.RecordListTooLargeError, kafka_errors.InvalidRecordError,
+            kafka_errors.CorruptRecordError, kafka_errors.TopicAuthorizationFailedError)
+
+
+def _translate(action: str, exc: BaseException) -> TransportError:
+    kind = RecordRefused if isinstance(exc, _REFUSED) else TransportError
+    return kind(f"{action}: {type(exc).__name__}: {exc}")
 
 
 class _ConnectFailures(logging.Filter):
@@ -210,11 +222,14 @@ class _Producer:
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
                 partition: int | None = None, on_delivery: OnDelivery | None = None) -> None:
-        with translated(f"producing to {topic}"):
-            future = self.raw.send(topic, value=value, key=key, headers=list(headers), partition=partition)
+        try:
+            with translated(f"producing to {topic}"):
+                future = self.raw.send(topic, value=value, key=key, headers=list(headers), partition=partition)
+        except ValueError as exc:  # kafka-python's word for a partition the topic does not have
+            raise RecordRefused(f"producing to {topic}: {exc}") from exc
         if on_delivery is not None:
             future.add_callback(lambda _: on_delivery(None))
-            future.add_errback(lambda exc: on_delivery(TransportError(f"producing to {topic}: {type(exc).__name__}: {exc}")))
+            future.add_errback(lambda exc: on_delivery(_translate(f"producing to {topic}", exc)))
 
     def flush(self, timeout: float) -> None:
         with translated("flushing"):
