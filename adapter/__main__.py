@@ -31,8 +31,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder of .proto files to serve (repeatable; env KAFKA_RPC_PROTO_PATH, ':'-separated)")
     parser.add_argument("--listen", default="127.0.0.1:50051",
                         help="gRPC address HOST:PORT (env KAFKA_RPC_LISTEN; default %(default)s)")
-    parser.add_argument("--reply-topic", default="kafka-rpc.replies",
-                        help="topic replies come back on, shared by all frontends (default %(default)s)")
+    parser.add_argument("--reply-topic", default="",
+                        help="topic replies come back on, shared by all frontends (default: the topic prefix + "
+                        "kafka-rpc.replies)"),
     parser.add_argument("--reply-partitions", type=int, default=16,
                         help="partitions of the reply topic if created: the most frontends sharing it (default %(default)s)")
     parser.add_argument("--default-timeout", type=float, default=30.0,

@@ -30,7 +30,7 @@ import grpc.aio
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 
-from adapter.config import KAFKA_CLIENTS, KafkaConfig, ReplyConfig
+from adapter.config import CHANNEL_REPLY_TOPIC, KAFKA_CLIENTS, KafkaConfig, ReplyConfig
 from adapter.errors import ConfigError
 from adapter.requester import Requester
 from adapter.routing import Route, routes_for
@@ -46,9 +46,8 @@ from adapter.transport import KafkaTransport
 
 log = logging.getLogger(__name__)
 
-#: Reply topic of channels by default. Not the frontends' (``kafka-rpc.replies``): each process
-#: that joins a reply topic takes partitions, and so calls in flight, from those already there.
-REPLY_TOPIC = "kafka-rpc.client-replies"
+#: Reply topic of channels by default, after the topic prefix (see `adapter.config`).
+REPLY_TOPIC = CHANNEL_REPLY_TOPIC
 
 
 class AioKafkaChannel(grpc.aio.Channel):
@@ -71,7 +70,7 @@ class AioKafkaChannel(grpc.aio.Channel):
         topic_prefix: str | None = None,
         kafka_client: str | None = None,
         kafka: KafkaConfig | None = None,
-        reply_topic: str = REPLY_TOPIC,
+        reply_topic: str | None = None,
         reply_partitions: int = 16,
         default_timeout: float = 30.0,
         start_timeout: float = 60.0,
@@ -81,8 +80,9 @@ class AioKafkaChannel(grpc.aio.Channel):
         `services`: service descriptors, generated ``*_pb2`` or ``*_pb2_grpc`` modules, ``*Stub``
         classes or full service names. Give `bootstrap_servers` (``"host:port,..."``),
         `topic_prefix` and `kafka_client` (``confluent``, the default, or ``kafka-python``), or a
-        whole `KafkaConfig`. Channels that share a `reply_topic` share its
-        partitions (at most `reply_partitions` channels); handlers must accept it as a reply topic.
+        whole `KafkaConfig`. Channels that share a `reply_topic` (by default the topic prefix +
+        ``kafka-rpc.client-replies``) share its partitions (at most `reply_partitions` channels);
+        handlers must allow it as a reply topic (they allow the default one unless told otherwise).
         """
         if kafka is None:
             servers = bootstrap_servers or "127.0.0.1:9092"
@@ -94,7 +94,8 @@ class AioKafkaChannel(grpc.aio.Channel):
         routes = routes_for(_service_descriptors(services), kafka.topic_prefix)
         if default_timeout <= 0 or start_timeout <= 0:
             raise ConfigError("default_timeout and start_timeout must be positive")
-        config = ReplyConfig(kafka=kafka, reply_topic=reply_topic, reply_partitions=reply_partitions)
+        config = ReplyConfig(kafka=kafka, reply_topic=reply_topic or kafka.topic_prefix + REPLY_TOPIC,
+                             reply_partitions=reply_partitions)
         channel = cls(Requester(KafkaTransport(config, {r.topic for r in routes.values()}), default_timeout), routes)
         try:
             await channel.start(start_timeout)

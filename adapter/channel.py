@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from adapter.aio_channel import REPLY_TOPIC, AioKafkaChannel
+from adapter.aio_channel import AioKafkaChannel
 from adapter.config import KafkaConfig
 from adapter.stub_calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall
 
@@ -102,7 +102,7 @@ class KafkaChannel(grpc.Channel):
         topic_prefix: str | None = None,
         kafka_client: str | None = None,
         kafka: KafkaConfig | None = None,
-        reply_topic: str = REPLY_TOPIC,
+        reply_topic: str | None = None,
         reply_partitions: int = 16,
         default_timeout: float = 30.0,
         start_timeout: float = 60.0,

@@ -73,17 +73,28 @@ class KafkaConfig:
         _positive("max_message_bytes", self.max_message_bytes)
 
 
+#: Reply topic of frontends by default, after the topic prefix.
+FRONTEND_REPLY_TOPIC = "kafka-rpc.replies"
+#: Reply topic of `KafkaChannel`/`AioKafkaChannel` by default, after the topic prefix. Not the
+#: frontends': each process that joins a reply topic takes partitions, and so calls in flight,
+#: from those already there.
+CHANNEL_REPLY_TOPIC = "kafka-rpc.client-replies"
+
+
 @dataclass(frozen=True)
 class ReplyConfig:
     """Where a requester (a frontend, a `KafkaChannel`) receives its replies."""
 
     kafka: KafkaConfig
     #: Topic shared by the requesters of a deployment; each instance owns some of its partitions.
-    reply_topic: str = "kafka-rpc.replies"
+    #: Empty: the topic prefix + FRONTEND_REPLY_TOPIC.
+    reply_topic: str = ""
     #: Partitions of the reply topic when we create it: the most instances that can share it.
     reply_partitions: int = 16
 
     def __post_init__(self) -> None:
+        if not self.reply_topic:
+            object.__setattr__(self, "reply_topic", self.kafka.topic_prefix + FRONTEND_REPLY_TOPIC)
         check_topic(self.reply_topic, "reply_topic")
         _positive("reply_partitions", self.reply_partitions)
 
@@ -101,7 +112,8 @@ class FrontendConfig:
     proto_paths: tuple[Path, ...]
     listen: str = "127.0.0.1:50051"
     #: Topic all frontends receive replies on; each instance owns some of its partitions.
-    reply_topic: str = "kafka-rpc.replies"
+    #: Empty: the topic prefix + FRONTEND_REPLY_TOPIC.
+    reply_topic: str = ""
     #: Partitions of the reply topic when we create it: the most frontends that can share it.
     reply_partitions: int = 16
     #: Seconds a call may wait for its reply when the client sets no deadline.
@@ -126,6 +138,8 @@ class FrontendConfig:
                 raise ConfigError(f"proto_paths: {str(path)!r} is not a folder")
         if not _HOST_PORT.match(self.listen):
             raise ConfigError(f"listen: {self.listen!r} is not HOST:PORT")
+        if not self.reply_topic:
+            object.__setattr__(self, "reply_topic", self.kafka.topic_prefix + FRONTEND_REPLY_TOPIC)
         check_topic(self.reply_topic, "reply_topic")
         _positive("reply_partitions", self.reply_partitions)
         _positive("default_timeout", self.default_timeout)
@@ -162,13 +176,17 @@ class WorkerConfig:
     concurrency: int = 16
     #: Records fetched but not yet replied to, beyond which fetching pauses.
     max_pending: int = 256
+    #: Client and bidi streams reading requests at once; more are refused with RESOURCE_EXHAUSTED.
+    #: They do not count towards `max_pending` (their requests must keep coming). None: 4 x max_pending.
+    max_client_streams: int | None = None
     #: Seconds a draining process waits for running handlers at shutdown.
     drain_timeout: float = 30.0
     #: Seconds without a heartbeat after which a dead process's partitions move to the others.
     session_timeout: float = 10.0
     #: fnmatch patterns of the topics replies may be produced to; a forged record naming another
-    #: topic goes to the dead-letter topic instead.
-    reply_topics: tuple[str, ...] = ("*replies*", "*reply*")
+    #: topic goes to the dead-letter topic instead. Empty: the default reply topics of frontends
+    #: and channels, after the topic prefix (what a deployment that keeps the defaults uses).
+    reply_topics: tuple[str, ...] = ()
     #: Where requests that cannot be answered go, with the reason in a header.
     dead_letter_topic: str = "kafka-rpc.dead-letters"
     #: Seconds a reply is kept for calls retried with the same idempotency key.
@@ -194,9 +212,12 @@ class WorkerConfig:
         _positive("max_pending", self.max_pending)
         if self.max_pending < self.concurrency:
             raise ConfigError("max_pending must be at least concurrency")
+        if self.max_client_streams is not None:
+            _positive("max_client_streams", self.max_client_streams)
         _positive("drain_timeout", self.drain_timeout)
         if not self.reply_topics:
-            raise ConfigError("reply_topics: at least one pattern is needed ('*' allows any topic)")
+            object.__setattr__(self, "reply_topics", tuple(self.kafka.topic_prefix + topic
+                                                           for topic in (FRONTEND_REPLY_TOPIC, CHANNEL_REPLY_TOPIC)))
         check_topic(self.dead_letter_topic, "dead_letter_topic")
         if self.dedupe_window < 0 or self.dedupe_entries < 0:
             raise ConfigError("dedupe_window and dedupe_entries must not be negative")

@@ -131,7 +131,7 @@ class HandlerMetrics(_Calls):
                                    registry=registry)
         self.records_rejected = Counter(
             "kafka_rpc_handler_records_rejected_total",
-            "Request records not served (malformed, reply topic not allowed, reply refused before), by reason",
+            "Request records not served (malformed, reply topic not allowed, reply refused, too many streams)",
             ["reason"], registry=registry,
         )
         self.records_dead_lettered = Counter("kafka_rpc_handler_records_dead_lettered_total",
@@ -163,7 +163,7 @@ class HandlerMetrics(_Calls):
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=registry,
         )
-        for reason in ("malformed", "reply_topic", "reply_refused"):
+        for reason in ("malformed", "reply_topic", "reply_refused", "too_many_streams"):
             self.records_rejected.labels(reason)
         self._lagging: set[tuple[str, int]] = set()
 

@@ -177,7 +177,7 @@ class Run:
         target = self.plan.extra.get("handler_target", "bench.servicer:Echo")
         return self.start(role, [
             *self.entry("handlers"), target, "--kafka-client", engine, "--bootstrap-servers", self.bootstrap,
-            "--topic-prefix", prefix,
+            "--topic-prefix", prefix, "--allow-reply-topic", f"{prefix}replies",
             "--group", f"{prefix}handlers", "--topic-partitions", str(self.plan.request_partitions),
             *self.plan.extra.get("handler_args", ())], ready=r"handlers: serving")
 

@@ -34,10 +34,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="handler functions running at once (default %(default)s)")
     parser.add_argument("--max-pending", type=int, default=None,
                         help="records held before fetching pauses (default 16 x concurrency)")
+    parser.add_argument("--max-client-streams", type=int, default=None,
+                        help="client and bidi streams reading requests at once, beyond --max-pending; more are "
+                        "refused with RESOURCE_EXHAUSTED (default 4 x max-pending)")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
                         help="seconds to finish calls in progress at shutdown (default %(default)s)")
     parser.add_argument("--allow-reply-topic", action="append", metavar="PATTERN",
-                        help="fnmatch pattern of topics replies may go to (repeatable; default *replies* and *reply*)")
+                        help="fnmatch pattern of topics replies may go to (repeatable; default: the topic prefix + "
+                        "kafka-rpc.replies and + kafka-rpc.client-replies, the reply topics of frontends and "
+                        "channels by default)")
     parser.add_argument("--dead-letter-topic", default="kafka-rpc.dead-letters",
                         help="where unanswerable requests go, with the reason in a header (default %(default)s)")
     parser.add_argument("--dedupe-window", type=float, default=300.0,
@@ -87,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             group=args.group,
             concurrency=args.concurrency,
             max_pending=args.max_pending or 16 * args.concurrency,
+            max_client_streams=args.max_client_streams,
             drain_timeout=args.drain_timeout,
             session_timeout=args.session_timeout,
-            reply_topics=tuple(args.allow_reply_topic or ("*replies*", "*reply*")),
+            reply_topics=tuple(args.allow_reply_topic or ()),
             dead_letter_topic=args.dead_letter_topic,
             dedupe_window=args.dedupe_window,
             metrics_port=args.metrics_port,

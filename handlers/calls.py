@@ -109,6 +109,8 @@ class _Call:
     ended: bool = False
     #: A server or bidi stream: its messages go out one by one, so it cannot be replayed elsewhere.
     streams_out: bool = False
+    #: A client or bidi stream whose caller has not half-closed yet: it waits for request frames.
+    reading: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
@@ -116,8 +118,12 @@ class Calls:
     """Starts calls, routes their frames, cancels and aborts them."""
 
     def __init__(self, dispatcher: Dispatcher, send: Send, max_queued: int = 64 * 1024 * 1024,
-                 replies: ReplyCache | None = None, metrics: HandlerMetrics | None = None) -> None:
+                 replies: ReplyCache | None = None, metrics: HandlerMetrics | None = None,
+                 max_reading: int | None = None) -> None:
         self.dispatcher = dispatcher
+        #: Client and bidi streams still reading requests; `max_reading` of them at most (None: no limit).
+        self.reading = 0
+        self._max_reading = max_reading
         self._send = send
         self.replies = replies
         self._max_queued = max_queued
@@ -132,7 +138,7 @@ class Calls:
         return len(self._calls)
 
     def accept(self, record: wire.Request | wire.Frame, peer: str, partition: Partition | None = None,
-               key: bytes | None = None) -> asyncio.Task[None] | None:
+               key: bytes | None = None) -> asyncio.Future[None] | None:
         """Start a call (returns the task that ends when its reply is sent) or route a frame (None)."""
         if isinstance(record, wire.Frame):
             self._route(record)
@@ -141,6 +147,15 @@ class Calls:
             log.warning("ignored a second opening of call %s (%s)", record.correlation_id.hex(), peer,
                         extra=call_fields(record.method, record.correlation_id, *peer_location(peer)))
             return None
+        if record.opens_stream and self._max_reading is not None and self.reading >= self._max_reading:
+            self.metrics.records_rejected.labels("too_many_streams").inc()
+            why = f"this handler process has {self.reading} client streams open, its limit (--max-client-streams)"
+            log.warning("refused call %s (%s): %s", record.correlation_id.hex(), peer, why,
+                        extra=call_fields(record.method, record.correlation_id, *peer_location(peer)))
+            if not record.reply_topic:
+                return None
+            refusal = wire.Reply(record.correlation_id, code=grpc.StatusCode.RESOURCE_EXHAUSTED, message=why)
+            return asyncio.ensure_future(self._send(record, refusal, key))
         dedupe = self._dedupe_key(record)
         if dedupe is not None and self.replies is not None:
             first = self.replies.get(dedupe)
@@ -156,6 +171,8 @@ class Calls:
         call.streams_out = method is not None and method.server_streaming
         if record.opens_stream:
             call.requests = RequestStream(self._max_queued)
+            call.reading = True
+            self.reading += 1
         self._calls[record.correlation_id] = call
         call.task = asyncio.get_running_loop().create_task(self._serve(call))
         return call.task
@@ -188,6 +205,7 @@ class Calls:
         self.metrics.calls_cancelled.inc()
         log.debug("call %s %s", correlation_id.hex(), why)
         call.ended = True
+        self._done_reading(call)
         call.context.set_code(code)
         call.context.cancel()
         if call.requests is not None:
@@ -254,6 +272,8 @@ class Calls:
             self.orphan_frames += 1
             self.metrics.frames_dropped.inc()
             return
+        if frame.kind == wire.HALF_CLOSE:
+            self._done_reading(call)
         problem = call.requests.feed(frame)
         if problem is not None:
             call.context.set_code(grpc.StatusCode.ABORTED if "missing" in problem else grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -300,12 +320,18 @@ class Calls:
             call.context.run_callbacks()
         finally:
             call.ended = True
+            self._done_reading(call)
             dedupe = self._dedupe_key(request)
             if dedupe is not None and self.replies is not None:
                 self.replies.finish(dedupe, reply if reply is not None and not call.context.cancelled else None)
             if call.timer is not None:
                 call.timer.cancel()
             self._calls.pop(request.correlation_id, None)
+
+    def _done_reading(self, call: _Call) -> None:
+        if call.reading:
+            call.reading = False
+            self.reading -= 1
 
     def _streams_open(self) -> int:
         # Called on the scraping thread: list() copies the values at once, under the GIL.

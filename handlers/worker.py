@@ -77,7 +77,8 @@ class Worker:
         self._sole_method = {topic: paths[0] for topic, paths in by_topic.items() if len(paths) == 1}
         self.dispatcher = Dispatcher(methods, config.concurrency, self.metrics)
         self.calls = Calls(self.dispatcher, self._send,
-                           replies=ReplyCache(config.dedupe_window, config.dedupe_entries), metrics=self.metrics)
+                           replies=ReplyCache(config.dedupe_window, config.dedupe_entries), metrics=self.metrics,
+                           max_reading=config.max_client_streams or 4 * config.max_pending)
         self.dead_lettered = 0
         self._windows: dict[bytes, list[asyncio.Future[None]]] = {}
         self.tracker = OffsetTracker()
@@ -418,7 +419,9 @@ class Worker:
         fetcher, consumer = self._fetcher, self._consumer
         if fetcher is None or consumer is None or self._draining:
             return
-        full = self.tracker.pending >= self.config.max_pending
+        # Streams still reading wait for records behind them in the same partitions: counting them
+        # would let open streams stop the fetching their own requests need (#12.8).
+        full = self.tracker.pending - self.calls.reading >= self.config.max_pending
         since = self._full_since
         if full and since is None:
             self._full_since = time.monotonic()

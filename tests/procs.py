@@ -89,11 +89,16 @@ HANDLER_TARGETS = ["tests.kitchen_service:Kitchen", "examples.shop.mail:MailServ
 
 
 def handler(log: Path, bootstrap: str, prefix: str, *extra: str, env: dict[str, str] | None = None,
-            targets: list[str] | None = None) -> Proc:
-    """Start `python -m handlers` and wait until it has subscribed."""
+            targets: list[str] | None = None, default_allow_list: bool = False) -> Proc:
+    """Start `python -m handlers` and wait until it has subscribed.
+
+    Replies may go to any topic under `prefix` (the tests' reply topics), unless `extra` says
+    otherwise or `default_allow_list` keeps the handler's own default."""
     proc = Proc(
         [sys.executable, "-m", "handlers", *(targets or HANDLER_TARGETS), "--bootstrap-servers", bootstrap,
-         "--topic-prefix", prefix, "--group", f"{prefix}handlers", "--topic-partitions", "4", *extra],
+         "--topic-prefix", prefix, "--group", f"{prefix}handlers", "--topic-partitions", "4",
+         *([] if "--allow-reply-topic" in extra or default_allow_list else ["--allow-reply-topic", f"{prefix}*"]),
+         *extra],
         log,
         env=child_env(**(env or {})),
     )

@@ -56,7 +56,7 @@ def test_a_thousand_cancelled_streams_leave_nothing_behind(kafka_bootstrap: str,
                         break  # the stream is open and has sent a message: leave it mid-way
                     call.cancel()
 
-                for round_ in range(2):
+                for _round in range(2):
                     for start in range(0, 1000, 100):
                         await asyncio.gather(*(one(i) for i in range(start, start + 100)))
                     for _ in range(200):

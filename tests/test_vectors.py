@@ -276,7 +276,8 @@ def handled(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
     admin.create_topics([NewTopic(reply_topic, REPLY_PARTITIONS, 1), NewTopic(dead_letter_topic, REPLY_PARTITIONS, 1)])
     admin.close()
     worker = procs.handler(tmp_path_factory.mktemp("vectors") / "handler.log", kafka_bootstrap, prefix,
-                           "--dead-letter-topic", dead_letter_topic, targets=["tests.kitchen_service:Kitchen"])
+                           "--dead-letter-topic", dead_letter_topic, "--allow-reply-topic", reply_topic,
+                           targets=["tests.kitchen_service:Kitchen"])
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
     partitions = [TopicPartition(topic, p) for topic in (reply_topic, dead_letter_topic) for p in range(REPLY_PARTITIONS)]
     consumer.assign(partitions)

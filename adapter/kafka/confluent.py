@@ -115,8 +115,9 @@ class ConfluentEngine:
             errors,
             **{"acks": "all", "enable.idempotence": idempotent, "linger.ms": 0,
                "message.max.bytes": record_limit(self.config),
-               # Records name their topics: a typo must not create one.
-               "allow.auto.create.topics": False,
+               # Records name their topics: a typo must not create one, and a record to a topic that
+               # does not exist fails after 5 s (librdkafka waits 30 s by default for one being created).
+               "allow.auto.create.topics": False, "topic.metadata.propagation.max.ms": 5000,
                # A key lands on the partition Java clients and kafka-python pick for it (murmur2),
                # so one key keeps one partition whatever the engine or language of the caller.
                "partitioner": "murmur2_random"})
@@ -129,7 +130,7 @@ class ConfluentEngine:
             errors,
             **{"acks": "all", "enable.idempotence": True, "linger.ms": 0,
                "message.max.bytes": record_limit(self.config),
-               "allow.auto.create.topics": False,
+               "allow.auto.create.topics": False, "topic.metadata.propagation.max.ms": 5000,
                "partitioner": "murmur2_random",
                "transactional.id": transactional_id,
                "transaction.timeout.ms": int(timeout * 1000),

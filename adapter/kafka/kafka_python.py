@@ -17,6 +17,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -166,14 +167,15 @@ class KafkaPythonEngine:
         }
 
     def producer(self, *, idempotent: bool = True, **extra: Any) -> _Producer:
-        # send() may block this long for a topic's metadata: short, as it runs on the event loop.
+        # send() may block this long for a topic's metadata (on the helper thread, see _Producer).
         settings = self._settings(acks="all", linger_ms=0, max_request_size=record_limit(self.config),
-                                  max_block_ms=2000, **extra)
+                                  max_block_ms=2000, allow_auto_create_topics=False, **extra)
         with self._connecting():
             return _Producer(KafkaProducer(**settings))
 
     def transactional_producer(self, transactional_id: str, timeout: float) -> _TransactionalProducer:
         settings = self._settings(acks="all", linger_ms=0, max_request_size=record_limit(self.config), max_block_ms=5000,
+                                  allow_auto_create_topics=False,
                                   transactional_id=transactional_id, transaction_timeout_ms=int(timeout * 1000),
                                   retry_backoff_ms=10)
         with self._connecting():
@@ -217,25 +219,71 @@ class KafkaPythonEngine:
 
 
 class _Producer:
+    """kafka-python's `send` blocks until it knows the topic (up to max_block_ms): the first
+    records to a topic go through a helper thread, so that `produce` never blocks its caller
+    (the event loop); later ones go straight, once none of that topic's wait there (order)."""
+
     def __init__(self, producer: KafkaProducer) -> None:
         self.raw = producer
+        self._lock = threading.Lock()
+        self._known: set[str] = set()
+        self._waiting: dict[str, int] = {}
+        self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-python-metadata")
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
                 partition: int | None = None, on_delivery: OnDelivery | None = None) -> None:
+        with self._lock:
+            later = topic not in self._known or topic in self._waiting
+            if later:
+                self._waiting[topic] = self._waiting.get(topic, 0) + 1
+        if later:
+            self._helper.submit(self._send_later, topic, value, key, headers, partition, on_delivery)
+        else:
+            self._send(topic, value, key, headers, partition, on_delivery)
+
+    def _send(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
+              partition: int | None, on_delivery: OnDelivery | None) -> None:
         try:
             with translated(f"producing to {topic}"):
                 future = self.raw.send(topic, value=value, key=key, headers=list(headers), partition=partition)
         except ValueError as exc:  # kafka-python's word for a partition the topic does not have
             raise RecordRefused(f"producing to {topic}: {exc}") from exc
+        except TransportError as exc:
+            if "KafkaTimeoutError" in str(exc):  # no metadata within max_block_ms: no such topic, most likely
+                raise RecordRefused(f"{exc} (does the topic exist?)") from exc
+            raise
         if on_delivery is not None:
             future.add_callback(lambda _: on_delivery(None))
             future.add_errback(lambda exc: on_delivery(_translate(f"producing to {topic}", exc)))
 
+    def _send_later(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
+                    partition: int | None, on_delivery: OnDelivery | None) -> None:
+        try:
+            self._send(topic, value, key, headers, partition, on_delivery)
+            with self._lock:
+                self._known.add(topic)
+        except TransportError as exc:
+            if on_delivery is not None:
+                on_delivery(exc)
+            else:
+                log.warning("%s", exc)
+        finally:
+            with self._lock:
+                self._waiting[topic] -= 1
+                if not self._waiting[topic]:
+                    del self._waiting[topic]
+
+    def _sent_later(self) -> None:
+        """Wait until the records handed to the helper thread are in the producer."""
+        self._helper.submit(lambda: None).result()
+
     def flush(self, timeout: float) -> None:
+        self._sent_later()
         with translated("flushing"):
             self.raw.flush(timeout)
 
     def close(self, timeout: float) -> None:
+        self._helper.shutdown(wait=True)
         try:
             self.raw.close(timeout)
         except KafkaError as exc:
@@ -248,6 +296,7 @@ class _TransactionalProducer(_Producer):
             self.raw.begin_transaction()
 
     def commit(self, offsets: Offsets, group_metadata: Any) -> None:
+        self._sent_later()  # what was sent into this transaction is in it
         with translated("committing a transaction"):
             if offsets:
                 commit = {TopicPartition(t, p): OffsetAndMetadata(o, meta, -1) for (t, p), (o, meta) in offsets.items()}
@@ -255,6 +304,7 @@ class _TransactionalProducer(_Producer):
             self.raw.commit_transaction()
 
     def abort(self) -> None:
+        self._sent_later()
         with translated("aborting a transaction"):
             self.raw.abort_transaction()
 

@@ -32,9 +32,10 @@ KEYED = "rpctest.keyed"
 REPLIES = "replies"
 #: The handler's dead-letter topic (ours: --dead-letter-topic), relative like every topic name here.
 DEAD_LETTERS = "dead-letters"
-#: The handler's default allow-list of reply topics (ours: --allow-reply-topic), as fnmatch patterns.
-ALLOWED_REPLY_TOPICS = ("*replies*", "*reply*")
-#: A reply topic the default allow-list refuses.
+#: The allow-list of reply topics the vectors' handler runs with (ours: --allow-reply-topic), as
+#: fnmatch patterns, relative like every topic name here.
+ALLOWED_REPLY_TOPICS = (REPLIES,)
+#: A reply topic the allow-list refuses.
 NOT_ALLOWED = "evil-topic"
 #: rpc-dead-letter-source names the request record: TOPIC/PARTITION@OFFSET, known only when it is produced.
 SOURCE = "{topic}/PARTITION@OFFSET"
@@ -473,8 +474,8 @@ def vectors() -> list[dict[str, Any]]:
     reply, dead, outcome = rejection(KITCHEN, headers, f"reply topic '{NOT_ALLOWED}' is not allowed", b"c-9")
     out.append(vector(
         "rejected-reply-topic-not-allowed",
-        f"A request naming a reply topic ({NOT_ALLOWED}) that the handler's allow-list (by default *replies* and "
-        f"*reply*) does not match: the method does not run. {outcome} A handler must never produce to a topic a "
+        f"A request naming a reply topic ({NOT_ALLOWED}) that the handler's allow-list (here only {REPLIES}) "
+        f"does not match: the method does not run. {outcome} A handler must never produce to a topic a "
         "request names unless it is allowed.",
         request={**record(KITCHEN, headers, b"", b"c-9"),
                  "decoded": request_decoded(cid(29), "/rpctest.v1.Kitchen/Nothing", NOT_ALLOWED,
