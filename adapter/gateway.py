@@ -158,14 +158,26 @@ class Gateway:
     async def _client_stream(self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
         with _Observed(self.metrics.method(route.path), context):
             stream = await self._open(route, context, request=None)
+
+            async def pump() -> None:
+                try:
+                    async for message in requests:
+                        await stream.send(message)
+                    await stream.close_send()
+                except CallError:
+                    pass  # the call has ended; its status comes through the result
+                except Exception as exc:
+                    stream.fail(exc)  # the result raises it, as when this ran inline
+
+            # The handler may answer before the client is done sending (a refusal, an error, or a
+            # reply that needs no more): the call ends then, as with grpc servers.
+            sender = asyncio.create_task(pump())
             try:
-                async for message in requests:
-                    await stream.send(message)
-                await stream.close_send()
                 reply = await stream.result()
             except CallError as exc:
                 await context.abort(exc.code, exc.details, stream.reply.trailing_metadata if stream.reply else ())
             finally:
+                sender.cancel()
                 stream.cancel()  # a no-op once the call has ended; else the client went away
             return await _finish(reply, context)
 

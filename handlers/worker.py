@@ -47,6 +47,9 @@ STREAM_WINDOW = 64
 REVOKE_GRACE = 5.0
 #: Seconds between offset commits while consuming (revocation and shutdown commit at once).
 COMMIT_INTERVAL = 0.2
+#: While client streams wait for their request messages, fetching goes on up to this many times
+#: --max-pending records held (the messages sit behind other records in the same partitions).
+STREAMING_HOLD = 4
 #: Seconds a full process holds its polls before it pauses its partitions (and polls on).
 HOLD_BEFORE_PAUSE = 30.0
 #: Seconds between the event loop's checks of commits, flow control and aborted transactions.
@@ -419,9 +422,17 @@ class Worker:
         fetcher, consumer = self._fetcher, self._consumer
         if fetcher is None or consumer is None or self._draining:
             return
-        # Streams still reading wait for records behind them in the same partitions: counting them
-        # would let open streams stop the fetching their own requests need (#12.8).
-        full = self.tracker.pending - self.calls.reading >= self.config.max_pending
+        # A client stream still reading waits for records behind it in the same partitions, and may
+        # hold a concurrency slot meanwhile: stopping the fetches then stalls the process until
+        # deadlines (#12.8). So streams still reading do not count, and while there are any,
+        # fetching goes on up to STREAMING_HOLD x max_pending records held.
+        pending, reading = self.tracker.pending, self.calls.reading
+        full = pending - reading >= self.config.max_pending and (
+            reading == 0 or pending >= STREAMING_HOLD * self.config.max_pending)
+        if full and reading and self._full_since is None:
+            log.warning("fetching stops with %d records held, %d of them client streams still reading: their "
+                        "request messages wait until calls end (raise --concurrency or --max-pending)",
+                        pending, reading)
         since = self._full_since
         if full and since is None:
             self._full_since = time.monotonic()

@@ -20,7 +20,7 @@ from tests import procs
 
 pytestmark = [pytest.mark.kafka, pytest.mark.engines]
 KITCHEN = ["tests.kitchen_service:Kitchen"]
-N = 20
+N = 30
 
 
 def _held_requests(opened: threading.Event, go: threading.Event) -> Iterator[kitchen_pb2.Item]:

@@ -171,7 +171,7 @@ class KafkaPythonEngine:
         settings = self._settings(acks="all", linger_ms=0, max_request_size=record_limit(self.config),
                                   max_block_ms=2000, allow_auto_create_topics=False, **extra)
         with self._connecting():
-            return _Producer(KafkaProducer(**settings))
+            return _Producer(_no_auto_create(KafkaProducer(**settings)))
 
     def transactional_producer(self, transactional_id: str, timeout: float) -> _TransactionalProducer:
         settings = self._settings(acks="all", linger_ms=0, max_request_size=record_limit(self.config), max_block_ms=5000,
@@ -179,7 +179,7 @@ class KafkaPythonEngine:
                                   transactional_id=transactional_id, transaction_timeout_ms=int(timeout * 1000),
                                   retry_backoff_ms=10)
         with self._connecting():
-            producer = _TransactionalProducer(KafkaProducer(**settings))
+            producer = _TransactionalProducer(_no_auto_create(KafkaProducer(**settings)))
         try:
             with translated(f"initialising transactions for {transactional_id}"):
                 producer.raw.init_transactions()
@@ -216,6 +216,18 @@ class KafkaPythonEngine:
                                                          bootstrap_timeout_ms=int(timeout * 1000)))
 
         return _Admin(connect(timeout), connect, self.config)
+
+
+def _no_auto_create(producer: KafkaProducer) -> KafkaProducer:
+    # kafka-python 3.0.12 takes allow_auto_create_topics but never hands it to the cluster metadata
+    # its network manager builds, whose metadata requests then ask the broker to create any topic a
+    # record names (checked: a record to a new topic created it). Set it where it is read.
+    metadata = getattr(producer, "_metadata", None)
+    if metadata is not None and "allow_auto_create_topics" in getattr(metadata, "config", {}):
+        metadata.config["allow_auto_create_topics"] = False
+    else:
+        log.warning("kafka-python changed: cannot stop its producers from creating topics")
+    return producer
 
 
 class _Producer:
