@@ -193,6 +193,8 @@ class WorkerConfig:
     dedupe_window: float = 300.0
     #: Replies kept for retries at most (the oldest go first).
     dedupe_entries: int = 10_000
+    #: Bytes of replies kept for retries at most (the oldest go first).
+    dedupe_bytes: int = 64 * MiB
     #: Port of the Prometheus endpoint (/metrics); None: no endpoint.
     metrics_port: int | None = None
     #: Commit replies and the offsets of the requests they answer in Kafka transactions.
@@ -219,8 +221,8 @@ class WorkerConfig:
             object.__setattr__(self, "reply_topics", tuple(self.kafka.topic_prefix + topic
                                                            for topic in (FRONTEND_REPLY_TOPIC, CHANNEL_REPLY_TOPIC)))
         check_topic(self.dead_letter_topic, "dead_letter_topic")
-        if self.dedupe_window < 0 or self.dedupe_entries < 0:
-            raise ConfigError("dedupe_window and dedupe_entries must not be negative")
+        if self.dedupe_window < 0 or self.dedupe_entries < 0 or self.dedupe_bytes < 0:
+            raise ConfigError("dedupe_window, dedupe_entries and dedupe_bytes must not be negative")
         _port("metrics_port", self.metrics_port)
         if self.transactional_id is not None and not (self.exactly_once and self.transactional_id.strip()):
             raise ConfigError("transactional_id: needs exactly_once, and must not be blank")

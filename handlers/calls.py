@@ -25,7 +25,7 @@ from adapter.errors import TransactionAborted, TransportError
 from adapter.logs import call_fields, peer_location
 from adapter.metrics import DEADLINE_SLACK, HandlerMetrics
 from handlers.context import HandlerContext
-from handlers.dedupe import ReplyCache
+from handlers.dedupe import KeyReused, ReplyCache, request_digest
 from handlers.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -158,11 +158,20 @@ class Calls:
             return asyncio.ensure_future(self._send(record, refusal, key))
         dedupe = self._dedupe_key(record)
         if dedupe is not None and self.replies is not None:
-            first = self.replies.get(dedupe)
+            digest = request_digest(record)
+            try:
+                first = self.replies.get(dedupe, digest)
+            except KeyReused as exc:
+                log.warning("refused call %s (%s): %s", record.correlation_id.hex(), peer, exc,
+                            extra=call_fields(record.method, record.correlation_id, *peer_location(peer)))
+                if not record.reply_topic:
+                    return None
+                refusal = wire.Reply(record.correlation_id, code=grpc.StatusCode.FAILED_PRECONDITION, message=str(exc))
+                return asyncio.ensure_future(self._send(record, refusal, key))
             if first is not None:
                 self.metrics.dedupe_hits.inc()
                 return asyncio.get_running_loop().create_task(self._replay(record, first, peer, partition, key))
-            self.replies.begin(dedupe)
+            self.replies.begin(dedupe, digest)
         return self._start(record, peer, partition, key)
 
     def _start(self, record: wire.Request, peer: str, partition: Partition | None, key: bytes | None) -> asyncio.Task[None]:
@@ -177,11 +186,11 @@ class Calls:
         call.task = asyncio.get_running_loop().create_task(self._serve(call))
         return call.task
 
-    def _dedupe_key(self, record: wire.Request) -> tuple[str, bytes] | None:
+    def _dedupe_key(self, record: wire.Request) -> tuple[str, str, bytes] | None:
         method = self.dispatcher.methods.get(record.method)
         if record.idempotency_key is None or method is None or method.client_streaming or method.server_streaming:
             return None  # streams are not replayed: their messages went out one by one
-        return record.method, record.idempotency_key
+        return "", record.method, record.idempotency_key
 
     async def _replay(self, record: wire.Request, first: asyncio.Future[wire.Reply | None], peer: str,
                       partition: Partition | None, key: bytes | None) -> None:

@@ -141,6 +141,28 @@ def test_retries_with_an_idempotency_key_run_once(kafka_bootstrap: str, prefix: 
         worker.stop()
 
 
+def test_an_idempotency_key_reused_with_another_request_is_refused(kafka_bootstrap: str, prefix: str,
+                                                                   tmp_path: Path) -> None:
+    """#12.11: a key names one request; naming it with another gets FAILED_PRECONDITION, never the
+    first caller's reply."""
+    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, targets=KITCHEN)
+    front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            kitchen = kitchen_pb2_grpc.KitchenStub(channel)
+            key = [("idempotency-key", f"pay-{prefix}")]
+            assert kitchen.Echo(kitchen_pb2.Everything(tags=["ann"]), metadata=key, timeout=20).tags == ["ann"]
+            with pytest.raises(grpc.RpcError) as reused:
+                kitchen.Echo(kitchen_pb2.Everything(tags=["bob"]), metadata=key, timeout=20)
+            assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "idempotency key reused with a different request" in reused.value.details()
+            # The same request with the same key still gets the first reply.
+            assert kitchen.Echo(kitchen_pb2.Everything(tags=["ann"]), metadata=key, timeout=20).tags == ["ann"]
+    finally:
+        front.stop()
+        worker.stop()
+
+
 def test_limits_give_resource_exhausted_at_once(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, targets=KITCHEN)
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix, "--max-in-flight", "5",
