@@ -80,7 +80,8 @@ class Worker:
         self._sole_method = {topic: paths[0] for topic, paths in by_topic.items() if len(paths) == 1}
         self.dispatcher = Dispatcher(methods, config.concurrency, self.metrics)
         self.calls = Calls(self.dispatcher, self._send,
-                           replies=ReplyCache(config.dedupe_window, config.dedupe_entries, config.dedupe_bytes), metrics=self.metrics,
+                           replies=ReplyCache(config.dedupe_window, config.dedupe_entries, config.dedupe_bytes),
+                           metrics=self.metrics,
                            max_reading=config.max_client_streams or 4 * config.max_pending)
         self.dead_lettered = 0
         self._windows: dict[bytes, list[asyncio.Future[None]]] = {}
