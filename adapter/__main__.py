@@ -18,6 +18,7 @@ from adapter.cli import (
     serve_metrics,
     setup_logging,
 )
+from adapter.config import DROPPED_METADATA
 from adapter.errors import KafkaRpcError
 
 
@@ -40,6 +41,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds to wait for a reply when the client sets no deadline (default %(default)s)")
     parser.add_argument("--max-in-flight", type=int, default=10_000,
                         help="calls in flight beyond which new calls get RESOURCE_EXHAUSTED (default %(default)s)")
+    parser.add_argument("--forward-metadata", action="append", metavar="PATTERN",
+                        help="fnmatch pattern of gRPC metadata keys passed on to handlers (repeatable; default all "
+                        "but --drop-metadata)")
+    parser.add_argument("--drop-metadata", action="append", metavar="PATTERN",
+                        help="fnmatch pattern of metadata keys never written to Kafka (repeatable; replaces the "
+                        f"default, {', '.join(DROPPED_METADATA)}; --drop-metadata '' drops none)")
     tls = parser.add_argument_group("TLS")
     tls.add_argument("--tls-cert", type=Path, default=None,
                      help="PEM certificate chain: serve gRPC over TLS (env KAFKA_RPC_TLS_CERT)")
@@ -81,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             reply_partitions=args.reply_partitions,
             default_timeout=args.default_timeout,
             max_in_flight=args.max_in_flight,
+            forward_metadata=tuple(args.forward_metadata or ("*",)),
+            drop_metadata=tuple(args.drop_metadata if args.drop_metadata is not None else DROPPED_METADATA),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -104,6 +105,13 @@ class ReplyConfig:
         return f"kafka-rpc-frontends.{self.reply_topic}"
 
 
+#: gRPC metadata a frontend does not put into Kafka by default (fnmatch patterns): credentials
+#: meant for the frontend's hop, which would otherwise sit in request records and dead letters,
+#: readable by anyone who may read the topics, for their retention.
+DROPPED_METADATA = ("authorization", "proxy-authorization", "cookie", "x-api-key", "*-token", "*secret*",
+                    "*password*")
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """Settings of the gRPC frontend (`python -m adapter`)."""
@@ -129,6 +137,15 @@ class FrontendConfig:
     tls_client_ca: Path | None = None
     #: Port of the Prometheus endpoint (/metrics); None: no endpoint.
     metrics_port: int | None = None
+    #: fnmatch patterns of the metadata keys passed on to handlers...
+    forward_metadata: tuple[str, ...] = ("*",)
+    #: ...unless they match one of these (never written to Kafka, nor anywhere else).
+    drop_metadata: tuple[str, ...] = DROPPED_METADATA
+
+    def forwards(self, key: str) -> bool:
+        """Whether metadata `key` (lower case, as gRPC has it) goes into the request record."""
+        return (any(fnmatch.fnmatchcase(key, p) for p in self.forward_metadata)
+                and not any(fnmatch.fnmatchcase(key, p) for p in self.drop_metadata))
 
     def __post_init__(self) -> None:
         if not self.proto_paths:

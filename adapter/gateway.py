@@ -56,6 +56,8 @@ class Gateway:
         transport = transport or KafkaTransport(config.replies, {r.topic for r in self.routes.values()}, self.metrics)
         self.requester = Requester(transport, config.default_timeout, self.metrics)
         self.health = HealthServicer()
+        #: Metadata keys seen and not passed on (each logged once).
+        self._dropped_keys: set[str] = set()
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -132,8 +134,8 @@ class Gateway:
     async def _unary(self, route: Route, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         with _Observed(self.metrics.method(route.path), context):
             key, idempotency_key = await _keys(route, request, context)
-            metadata = wire.call_metadata(context.invocation_metadata())
-            for name, value in metadata:
+            metadata = self._forwarded(context)
+            for name, value in context.invocation_metadata() or ():
                 if name == wire.IDEMPOTENCY_METADATA:
                     idempotency_key = value if isinstance(value, bytes) else value.encode()
             if self.requester.in_flight >= self.config.max_in_flight:
@@ -202,6 +204,16 @@ class Gateway:
             finally:
                 sender.cancel()
 
+    def _forwarded(self, context: grpc.aio.ServicerContext) -> wire.Metadata:
+        """The call's metadata that may go into Kafka (`--forward-metadata`, `--drop-metadata`)."""
+        metadata = wire.call_metadata(context.invocation_metadata())
+        kept = tuple((k, v) for k, v in metadata if self.config.forwards(k))
+        if len(kept) < len(metadata):
+            for key in {k for k, _ in metadata} - {k for k, _ in kept} - self._dropped_keys:
+                self._dropped_keys.add(key)
+                log.info("metadata %r is not passed on to handlers (--drop-metadata / --forward-metadata)", key)
+        return kept
+
     async def _open(self, route: Route, context: grpc.aio.ServicerContext, request: bytes | None,
                     key: bytes | None = None) -> Stream:
         if self.requester.in_flight >= self.config.max_in_flight:
@@ -210,7 +222,7 @@ class Gateway:
         try:
             return self.requester.open_stream(
                 route.path, topic=route.topic, request=request, key=key,
-                metadata=wire.call_metadata(context.invocation_metadata()), timeout=context.time_remaining(),
+                metadata=self._forwarded(context), timeout=context.time_remaining(),
             )
         except CallError as exc:
             await context.abort(exc.code, exc.details)
