@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -144,7 +145,7 @@ class Gateway:
             try:
                 reply = await self.requester.call(
                     route.path, request, topic=route.topic, key=key, metadata=metadata,
-                    timeout=context.time_remaining(), idempotency_key=idempotency_key,
+                    timeout=context.time_remaining(), idempotency_key=idempotency_key, **_peer(context),
                 )
             except CallError as exc:
                 await context.abort(exc.code, exc.details)
@@ -222,7 +223,7 @@ class Gateway:
         try:
             return self.requester.open_stream(
                 route.path, topic=route.topic, request=request, key=key,
-                metadata=self._forwarded(context), timeout=context.time_remaining(),
+                metadata=self._forwarded(context), timeout=context.time_remaining(), **_peer(context),
             )
         except CallError as exc:
             await context.abort(exc.code, exc.details)
@@ -282,6 +283,19 @@ async def _keys(route: Route, request: bytes, context: grpc.aio.ServicerContext)
     except DecodeError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {route.input_type.full_name}: {exc}")
         raise AssertionError("unreachable") from exc
+
+
+def _peer(context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    """The caller as TLS verified it, for the handlers (`auth`, `identity_key` of the request).
+
+    Only with a verified identity (mutual TLS): the certificates themselves are left out, and
+    these headers come from this frontend alone (a client's metadata goes in rpc-md-*)."""
+    identity_key = context.peer_identity_key()
+    if identity_key is None:
+        return {}
+    auth = tuple((name, bytes(value)) for name, values in (context.auth_context() or {}).items()
+                 if name not in ("x509_pem_cert", "x509_pem_cert_chain") for value in values)
+    return {"auth": auth, "identity_key": identity_key}
 
 
 async def _finish(reply: wire.Reply, context: grpc.aio.ServicerContext) -> bytes:

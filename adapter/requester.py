@@ -105,6 +105,8 @@ class Requester:
         metadata: wire.Metadata = (),
         timeout: float | None = None,
         idempotency_key: bytes | None = None,
+        auth: wire.Auth = (),
+        identity_key: str | None = None,
     ) -> wire.Reply:
         """Send one request and return its reply. Raises `CallTimeout` or `CallError`.
 
@@ -113,7 +115,8 @@ class Requester:
         """
         span = self.tracing.call(method, topic, metadata)
         try:
-            reply = await self._call(method, payload, topic, key, span, timeout, idempotency_key)
+            reply = await self._call(method, payload, topic, key, span, timeout, idempotency_key,
+                                     (auth, identity_key))
         except CallError as exc:
             span.end(exc.code, exc.details)
             raise
@@ -124,8 +127,9 @@ class Requester:
         return reply
 
     async def _call(self, method: str, payload: bytes, topic: str, key: bytes | None, span: CallSpan,
-                    timeout: float | None, idempotency_key: bytes | None) -> wire.Reply:
-        request, partition = self._request(method, payload, span.metadata, timeout, opens_stream=False)
+                    timeout: float | None, idempotency_key: bytes | None,
+                    peer: tuple[wire.Auth, str | None]) -> wire.Reply:
+        request, partition = self._request(method, payload, span.metadata, timeout, opens_stream=False, peer=peer)
         if idempotency_key is not None:
             request = dataclasses.replace(request, idempotency_key=idempotency_key)
         cid = request.correlation_id
@@ -162,12 +166,15 @@ class Requester:
         key: bytes | None = None,
         metadata: wire.Metadata = (),
         timeout: float | None = None,
+        auth: wire.Auth = (),
+        identity_key: str | None = None,
     ) -> Stream:
         """Start a streaming call. `request` is the single request message of a server stream;
         None opens a client or bidi stream, whose messages go through `Stream.send`."""
         span = self.tracing.call(method, topic, metadata)  # the stream ends it
         try:
-            opening, partition = self._request(method, request or b"", span.metadata, timeout, opens_stream=request is None)
+            opening, partition = self._request(method, request or b"", span.metadata, timeout, opens_stream=request is None,
+                                               peer=(auth, identity_key))
         except CallError as exc:
             span.end(exc.code, exc.details)
             raise
@@ -202,7 +209,7 @@ class Requester:
         self._pending.pop(stream.correlation_id, None)
 
     def _request(self, method: str, payload: bytes, metadata: wire.Metadata, timeout: float | None,
-                 opens_stream: bool) -> tuple[wire.Request, int]:
+                 opens_stream: bool, peer: tuple[wire.Auth, str | None] = ((), None)) -> tuple[wire.Request, int]:
         if not self._partitions:
             raise CallError(grpc.StatusCode.UNAVAILABLE, "this requester owns no reply partition right now")
         timeout = self._default_timeout if timeout is None else timeout
@@ -216,6 +223,8 @@ class Requester:
             metadata=metadata,
             payload=payload,
             opens_stream=opens_stream,
+            auth=peer[0],
+            identity_key=peer[1],
         )
         return request, partition
 

@@ -58,6 +58,12 @@ TRAILER_PREFIX = "rpc-tm-"
 KIND = "rpc-kind"
 SEQ = "rpc-seq"
 IDEMPOTENCY_KEY = "rpc-idempotency-key"
+#: The frontend's verified view of its gRPC peer, one header per value: ``rpc-auth-<property>``
+#: (grpc's auth context, e.g. x509_common_name), and which property names the peer.
+AUTH_PREFIX = "rpc-auth-"
+PEER_IDENTITY_KEY = "rpc-peer-identity-key"
+#: A verified caller's properties, as grpc's auth context has them: (property, value) pairs.
+Auth = tuple[tuple[str, bytes], ...]
 # On records moved to the dead-letter topic, beside the original headers.
 DEAD_LETTER_REASON = "rpc-dead-letter-reason"
 DEAD_LETTER_SOURCE = "rpc-dead-letter-source"
@@ -110,6 +116,16 @@ class Request:
     opens_stream: bool = False
     #: Same key, same method: a retry of the same call (the handler may return the first reply).
     idempotency_key: bytes | None = None
+    #: The caller as the frontend verified it (grpc's auth context): (property, value) pairs.
+    auth: Auth = ()
+    #: The `auth` property that names the caller (grpc's peer_identity_key), if any.
+    identity_key: str | None = None
+
+    def peer_identities(self) -> list[bytes] | None:
+        """The caller's verified identities (grpc's ``peer_identities``), or None."""
+        if self.identity_key is None:
+            return None
+        return [value for name, value in self.auth if name == self.identity_key] or None
 
     def encode_headers(self) -> list[tuple[str, bytes]]:
         """The Kafka headers for this request (the value is `payload`)."""
@@ -124,6 +140,9 @@ class Request:
             headers.append((REPLY_PARTITION, _INT32.pack(self.reply_partition)))
         if self.deadline is not None:
             headers.append((DEADLINE, str(round(self.deadline * 1000)).encode()))
+        headers.extend((AUTH_PREFIX + name, value) for name, value in self.auth)
+        if self.identity_key is not None:
+            headers.append((PEER_IDENTITY_KEY, self.identity_key.encode()))
         headers.extend(_encode_metadata(METADATA_PREFIX, self.metadata))
         return headers
 
@@ -158,6 +177,9 @@ class Request:
             payload=value or b"",
             opens_stream=last.get(KIND) == OPEN.encode(),
             idempotency_key=last.get(IDEMPOTENCY_KEY),
+            auth=tuple((name[len(AUTH_PREFIX):], bytes(value or b"")) for name, value in headers or ()
+                       if name.startswith(AUTH_PREFIX)),
+            identity_key=_text(last, PEER_IDENTITY_KEY) or None,
         )
 
     def time_remaining(self, now: float | None = None) -> float | None:

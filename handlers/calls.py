@@ -190,7 +190,8 @@ class Calls:
         method = self.dispatcher.methods.get(record.method)
         if record.idempotency_key is None or method is None or method.client_streaming or method.server_streaming:
             return None  # streams are not replayed: their messages went out one by one
-        return "", record.method, record.idempotency_key
+        # Scoped by the verified caller where there is one: another caller's key is another call.
+        return b",".join(record.peer_identities() or ()).decode(errors="replace"), record.method, record.idempotency_key
 
     async def _replay(self, record: wire.Request, first: asyncio.Future[wire.Reply | None], peer: str,
                       partition: Partition | None, key: bytes | None) -> None:

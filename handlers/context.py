@@ -113,13 +113,18 @@ class HandlerContext:
         pass
 
     def auth_context(self) -> dict[str, list[bytes]]:
-        return {}
+        """The caller as the frontend's TLS verified it (grpc's auth context, certificates left
+        out): empty without mutual TLS, or for a record not written by a frontend."""
+        context: dict[str, list[bytes]] = {}
+        for name, value in self._request.auth:
+            context.setdefault(name, []).append(value)
+        return context
 
-    def peer_identities(self) -> None:
-        return None
+    def peer_identities(self) -> list[bytes] | None:
+        return self._request.peer_identities()
 
-    def peer_identity_key(self) -> None:
-        return None
+    def peer_identity_key(self) -> str | None:
+        return self._request.identity_key
 
     def run_callbacks(self) -> None:
         callbacks, self._callbacks = self._callbacks, []

@@ -55,6 +55,10 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
                 reply.binary[key] = value
             else:
                 reply.text[key] = value
+        for name, values in context.auth_context().items():
+            reply.text[f"auth:{name}"] = ",".join(v.decode(errors="replace") for v in values)
+        if context.peer_identities():
+            reply.text["auth:peer"] = ",".join(v.decode() for v in context.peer_identities())
         context.set_trailing_metadata((("x-handled-by", str(os.getpid())), ("x-trace-bin", b"\x00\xff\x10")))
         return reply
 

@@ -50,6 +50,17 @@ def _call(address: str, folder: Path, client_cert: bool) -> grpc.StatusCode:
             return exc.code()
 
 
+def _meta(address: str, folder: Path) -> dict[str, str]:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(folder / "ca.pem").read_bytes(), private_key=(folder / "client.key").read_bytes(),
+        certificate_chain=(folder / "client.pem").read_bytes())
+    with grpc.secure_channel(address, credentials) as channel:
+        reply = kitchen_pb2_grpc.KitchenStub(channel).Meta(
+            empty_pb2.Empty(), metadata=(("x509_common_name", "admin"), ("rpc-auth-x509_common_name", "admin")),
+            timeout=15)
+    return dict(reply.text)
+
+
 @pytest.mark.parametrize("mutual", [False, True])
 def test_frontend_serves_over_tls(kafka_bootstrap: str, prefix: str, tmp_path: Path, mutual: bool) -> None:
     pki = _pki(tmp_path)
@@ -60,6 +71,13 @@ def test_frontend_serves_over_tls(kafka_bootstrap: str, prefix: str, tmp_path: P
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix, *tls)
     try:
         assert _call(address, pki, client_cert=True) == grpc.StatusCode.OK
+        # #12.12: the handler sees the caller TLS verified (mutual TLS only), never what a client claims.
+        seen = _meta(address, pki)
+        if mutual:
+            assert seen["auth:peer"] == "client" and seen["auth:x509_common_name"] == "client", seen
+        else:
+            assert not [k for k in seen if k.startswith("auth:")], seen
+        assert seen["x509_common_name"] == "admin"  # a client's claim stays plain metadata
         # Without a client certificate: fine over TLS, refused under mutual TLS.
         expected = grpc.StatusCode.UNAVAILABLE if mutual else grpc.StatusCode.OK
         assert _call(address, pki, client_cert=False) == expected

@@ -40,6 +40,19 @@ def test_request_round_trip_with_everything() -> None:
     assert Request.decode(headers, request.payload) == request
 
 
+def test_request_round_trip_with_a_verified_caller() -> None:
+    request = wire.Request("/s.S/M", b"c", "replies", auth=(("x509_common_name", b"ann"),
+                           ("x509_subject_alternative_name", b"ann.example"), ("x509_subject_alternative_name", b"a2")),
+                           identity_key="x509_subject_alternative_name")
+    headers = request.encode_headers()
+    assert ("rpc-auth-x509_common_name", b"ann") in headers
+    assert ("rpc-peer-identity-key", b"x509_subject_alternative_name") in headers
+    decoded = wire.Request.decode(headers, b"")
+    assert decoded == request
+    assert decoded.peer_identities() == [b"ann.example", b"a2"]
+    assert wire.Request.decode(wire.Request("/s.S/M", b"c", "r").encode_headers(), b"").peer_identities() is None
+
+
 def test_request_round_trip_minimal() -> None:
     request = Request(method="/pkg.Svc/Do", correlation_id=CID, reply_topic=None)
     headers = request.encode_headers()
