@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         protos = ProtoSet.load(config.proto_paths)
         log = logging.getLogger("adapter")
         registry = new_registry()
-        endpoint = serve_metrics(config.metrics_port, registry, "adapter")
+        endpoint = serve_metrics(config.metrics_port, registry, "adapter", args.metrics_address)
         try:
             log.info("connecting to Kafka at %s", ",".join(config.kafka.bootstrap_servers))
             gateway = Gateway(config, protos, metrics=FrontendMetrics(registry))

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 import tomllib
@@ -83,8 +84,9 @@ def parse_settings(parser: argparse.ArgumentParser, argv: list[str] | None, sect
         setattr(given, action.dest, value)
     for item in given.kafka_option or ():
         name, sep, raw_value = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--kafka-option {item!r}: expected KEY=VALUE")
+        if not sep or not name.strip():
+            # Not echoed: it may be part of a secret.
+            raise ConfigError("--kafka-option: an item is not KEY=VALUE (not shown: it may hold a secret)")
         client_options[name.strip()] = _scalar(raw_value.strip())
     given.client_options = client_options
     given.config = config_path
@@ -144,10 +146,18 @@ def _from_text(action: argparse.Action, raw: str) -> Any:
     """An environment variable's text as the setting's value."""
     if isinstance(action, argparse._StoreTrueAction):
         return raw.strip().lower() in ("1", "true", "yes", "on")
+    if action.dest == "kafka_option":
+        # KEY=VALUE items, comma-separated; a comma stays in a value unless a KEY= follows it
+        # (passwords may hold commas).
+        return [part for part in _SETTING_START.split(raw) if part]
     if isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"):
         separator = ":" if action.type is Path else ","
         return [_typed(action, part) for part in raw.split(separator) if part]
     return _typed(action, raw)
+
+
+#: A comma that begins another KEY=VALUE item of KAFKA_RPC_KAFKA_OPTION.
+_SETTING_START = re.compile(r",(?=\s*[A-Za-z_][A-Za-z0-9_.\-]*=)")
 
 
 def _from_file(action: argparse.Action, value: Any) -> Any:
@@ -222,8 +232,11 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_metrics_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (env KAFKA_RPC_METRICS_PORT; "
+                        help="serve Prometheus metrics at http://ADDRESS:PORT/metrics (env KAFKA_RPC_METRICS_PORT; "
                         "0 picks a free port; default: no endpoint)")
+    parser.add_argument("--metrics-address", default="0.0.0.0", metavar="ADDRESS",
+                        help="interface of the metrics endpoint (env KAFKA_RPC_METRICS_ADDRESS; default %(default)s, "
+                        "every interface, for scrapers; 127.0.0.1 keeps it on this host)")
 
 
 def kafka_config(args: argparse.Namespace) -> KafkaConfig:
@@ -260,17 +273,18 @@ def setup_logging(level: str, name: str, fmt: str = "text") -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def serve_metrics(port: int | None, registry: CollectorRegistry, name: str) -> Endpoint | None:
+def serve_metrics(port: int | None, registry: CollectorRegistry, name: str,
+                  address: str = "0.0.0.0") -> Endpoint | None:
     """Start the metrics endpoint when a port is set, and say where it is."""
     if port is None:
         return None
     from adapter.metrics import serve
 
     try:
-        endpoint = serve(port, registry)
+        endpoint = serve(port, registry, address)
     except OSError as exc:
-        raise OSError(f"metrics_port: cannot listen on port {port}: {exc.strerror or exc}") from exc
-    print(f"{name}: metrics on http://0.0.0.0:{endpoint.port}/metrics", flush=True)
+        raise OSError(f"metrics_port: cannot listen on {address}:{port}: {exc.strerror or exc}") from exc
+    print(f"{name}: metrics on http://{address}:{endpoint.port}/metrics", flush=True)
     return endpoint
 
 

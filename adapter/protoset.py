@@ -43,7 +43,7 @@ class ProtoSet:
                 files[name] = path
         if not files:
             raise ProtoError(f"no .proto files under {', '.join(map(str, roots))}")
-        file_set = _compile(roots, sorted(files))
+        file_set = _compile(roots, [files[name] for name in sorted(files)])
         pool = descriptor_pool.DescriptorPool()
         for proto in file_set.file:
             pool.Add(proto)
@@ -67,8 +67,11 @@ class ProtoSet:
         self.pool.Add(descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb))
 
 
-def _compile(roots: Sequence[Path], names: list[str]) -> descriptor_pb2.FileDescriptorSet:
-    includes = [*roots, OPTIONS_ROOT, Path(str(importlib.resources.files("grpc_tools") / "_proto"))]
+def _compile(roots: Sequence[Path], paths: list[Path]) -> descriptor_pb2.FileDescriptorSet:
+    # Absolute paths everywhere: a file name is never taken for one of protoc's flags (a file
+    # named "--plugin=x.proto" would be one), and protoc names each file by its root.
+    includes = [p.resolve() for p in (*roots, OPTIONS_ROOT, Path(str(importlib.resources.files("grpc_tools") / "_proto")))]
+    names = [str(path.resolve()) for path in paths]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "set.pb"
         # A child process, so protoc's error text can be captured and shown.

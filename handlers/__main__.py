@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             await ready.wait()
             print(f"handlers: serving {len(methods)} methods from {', '.join(worker.topics)}", flush=True)
 
-        endpoint = serve_metrics(config.metrics_port, registry, "handlers")
+        endpoint = serve_metrics(config.metrics_port, registry, "handlers", args.metrics_address)
         announcer = asyncio.create_task(announce())
         try:
             await worker.run(stop, ready)

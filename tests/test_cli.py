@@ -5,10 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests import procs
 from tests.procs import REPO, child_env
 
 
@@ -198,3 +200,33 @@ def test_engine_and_dotted_client_settings_from_file_and_environment(tmp_path: P
                           "--print-config"], cwd=REPO, env=child_env(KAFKA_RPC_KAFKA_CLIENT="confluent"),
                          capture_output=True, text=True, timeout=60)
     assert "kafka_client = 'confluent'" in out.stdout
+
+
+def test_kafka_options_from_the_environment_may_hold_commas_and_are_never_echoed() -> None:
+    """#12.14: a comma in a value stays in it; an item that is not KEY=VALUE is not printed."""
+    settings = _settings("adapter", env={
+        "KAFKA_RPC_KAFKA_OPTION": "sasl.password=pa,ss,w0rd,security.protocol=SASL_SSL, sasl.mechanism=SCRAM-SHA-512"})
+    assert settings["kafka.client.security.protocol"] == "'SASL_SSL'"
+    assert settings["kafka.client.sasl.mechanism"] == "'SCRAM-SHA-512'"
+    assert settings["kafka.client.sasl.password"] == "***"
+    assert "pa,ss" not in repr(settings) and "w0" not in repr(settings)
+    out = subprocess.run([sys.executable, "-m", "adapter", "--proto-path", "protos", "--print-config",
+                          "--kafka-option", "s3cr3t-fragment"], cwd=REPO, env=child_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "not KEY=VALUE" in out.stderr
+    assert "s3cr3t" not in out.stderr + out.stdout
+
+
+@pytest.mark.kafka
+def test_the_metrics_endpoint_listens_where_it_is_told(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, "--metrics-port", "0", "--metrics-address",
+                           "127.0.0.1", targets=["tests.kitchen_service:Kitchen"])
+    try:
+        port = int(worker.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
+        connections = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10,
+                                     check=True)
+        assert [line.split()[3] for line in connections.stdout.splitlines()] == [f"127.0.0.1:{port}"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert b"kafka_rpc_handler" in response.read()
+    finally:
+        worker.stop()
