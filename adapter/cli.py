@@ -222,6 +222,9 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
                        help="prepended to every request topic name (env KAFKA_RPC_TOPIC_PREFIX)")
     group.add_argument("--no-create-topics", action="store_true",
                        help="fail, naming the topic, instead of creating missing topics")
+    group.add_argument("--replication-factor", type=int, default=None,
+                       help="replicas of each topic created (default: the cluster's brokers, at most 3; "
+                       "min.insync.replicas is 2 from 3 replicas up, else 1)")
     group.add_argument("--max-message-bytes", type=int, default=4 * MiB,
                        help="largest request or response message (default %(default)s)")
     parser.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -251,6 +254,7 @@ def kafka_config(args: argparse.Namespace) -> KafkaConfig:
         max_message_bytes=args.max_message_bytes,
         client_options=dict(getattr(args, "client_options", {}) or {}),
         client=getattr(args, "kafka_client", KAFKA_CLIENTS[0]),
+        replication_factor=getattr(args, "replication_factor", None),
     )
 
 

@@ -61,6 +61,8 @@ class KafkaConfig:
     client_options: Mapping[str, Any] = field(default_factory=dict)
     #: The Kafka client library: confluent (librdkafka) or kafka-python (pure Python).
     client: str = KAFKA_CLIENTS[0]
+    #: Replicas of each topic we create; None: as many as the cluster has brokers, at most 3.
+    replication_factor: int | None = None
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers:
@@ -72,6 +74,8 @@ class KafkaConfig:
             raise ConfigError(f"kafka_client: {self.client!r} is not one of {', '.join(KAFKA_CLIENTS)}")
         _positive("topic_partitions", self.topic_partitions)
         _positive("max_message_bytes", self.max_message_bytes)
+        if self.replication_factor is not None:
+            _positive("replication_factor", self.replication_factor)
 
 
 #: Reply topic of frontends by default, after the topic prefix.

@@ -28,7 +28,16 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from adapter.config import KafkaConfig
 from adapter.errors import MissingTopic, RecordRefused, TransportError
-from adapter.kafka.contract import Offsets, OnAssign, OnDelivery, OnRevoke, Partition, Record, record_limit
+from adapter.kafka.contract import (
+    Offsets,
+    OnAssign,
+    OnDelivery,
+    OnRevoke,
+    Partition,
+    Record,
+    new_topic_settings,
+    record_limit,
+)
 from adapter.kafka.hints import tls_hint
 
 log = logging.getLogger(__name__)
@@ -461,15 +470,14 @@ class _Admin:
 
     def ensure_topics(self, partitions: Mapping[str, int]) -> None:
         with translated("listing topics"):
-            existing = set(self._client.list_topics(timeout=30).topics)
-        missing = sorted(set(partitions) - existing)
+            cluster = self._client.list_topics(timeout=30)
+        missing = sorted(set(partitions) - set(cluster.topics))
         if not missing:
             return
         if not self._config.create_topics:
             raise MissingTopic(f"topic(s) missing and topic creation is off: {', '.join(missing)}")
-        replication = 1 if len(self._config.bootstrap_servers) == 1 else -1
-        new = [NewTopic(name, partitions[name], replication, config={"max.message.bytes": str(record_limit(self._config))})
-               for name in missing]
+        replication, settings = new_topic_settings(self._config, len(cluster.brokers))
+        new = [NewTopic(name, partitions[name], replication, config=settings) for name in missing]
         for name, future in self._client.create_topics(new, request_timeout=30).items():
             try:
                 future.result()
@@ -478,7 +486,8 @@ class _Admin:
                 if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                     raise TransportError(f"creating topic {name}: {_reason(exc)}") from exc
         self._wait_for_leaders(missing, partitions)
-        log.info("created topics %s", ", ".join(missing))
+        log.info("created topics %s (%d replicas, min.insync.replicas %s)", ", ".join(missing), replication,
+                 settings["min.insync.replicas"])
 
     def _wait_for_leaders(self, topics: list[str], partitions: Mapping[str, int]) -> None:
         # A topic is usable once each of its partitions has a leader in the metadata.

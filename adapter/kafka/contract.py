@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from adapter.config import KafkaConfig
+from adapter.errors import ConfigError
 
 #: A topic partition: ``(topic, partition)``.
 Partition = tuple[str, int]
@@ -41,6 +42,18 @@ HEADER_ROOM = 64 * 1024
 def record_limit(config: KafkaConfig) -> int:
     """Largest record we produce or fetch: the largest message plus room for headers."""
     return config.max_message_bytes + HEADER_ROOM
+
+
+def new_topic_settings(config: KafkaConfig, brokers: int) -> tuple[int, dict[str, str]]:
+    """Replication factor and topic configs of the topics we create on a cluster of `brokers`.
+
+    A single bootstrap address says nothing about the cluster (it is often a load balancer), so
+    the brokers are counted: min(3, brokers) replicas, and min.insync.replicas 2 from 3 replicas
+    up (acks=all then survives one broker down), else 1."""
+    replicas = config.replication_factor or min(3, max(brokers, 1))
+    if replicas > brokers:
+        raise ConfigError(f"replication_factor: {replicas} replicas need as many brokers; the cluster has {brokers}")
+    return replicas, {"max.message.bytes": str(record_limit(config)), "min.insync.replicas": str(2 if replicas >= 3 else 1)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,16 @@ from kafka.structs import OffsetAndMetadata
 from adapter.config import KafkaConfig
 from adapter.errors import ConfigError, MissingTopic, RecordRefused, TransportError
 from adapter.kafka.balanced import TopicBalancedAssignor
-from adapter.kafka.contract import Offsets, OnAssign, OnDelivery, OnRevoke, Partition, Record, record_limit
+from adapter.kafka.contract import (
+    Offsets,
+    OnAssign,
+    OnDelivery,
+    OnRevoke,
+    Partition,
+    Record,
+    new_topic_settings,
+    record_limit,
+)
 from adapter.kafka.hints import tls_hint
 
 log = logging.getLogger(__name__)
@@ -478,18 +487,18 @@ class _Admin:
             return
         if not self._config.create_topics:
             raise MissingTopic(f"topic(s) missing and topic creation is off: {', '.join(missing)}")
-        new = [
-            NewTopic(name, partitions[name], 1 if len(self._config.bootstrap_servers) == 1 else -1,
-                     topic_configs={"max.message.bytes": str(record_limit(self._config))})
-            for name in missing
-        ]
+        with translated("describing the cluster"):
+            brokers = len(client.describe_cluster()["brokers"])
+        replication, settings = new_topic_settings(self._config, brokers)
+        new = [NewTopic(name, partitions[name], replication, topic_configs=settings) for name in missing]
         try:
             with translated(f"creating topics {', '.join(missing)}"):
                 client.create_topics(new, wait_for_metadata=True)
         except TransportError as exc:
             if not isinstance(exc.__cause__, TopicAlreadyExistsError):
                 raise
-        log.info("created topics %s", ", ".join(missing))
+        log.info("created topics %s (%d replicas, min.insync.replicas %s)", ", ".join(missing), replication,
+                 settings["min.insync.replicas"])
 
     def healthy(self, timeout: float) -> bool:
         with self._lock:
