@@ -20,8 +20,10 @@ from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 
 from adapter.errors import ProtoError
 
-#: Folder holding `kafka_rpc/options.proto`, always on the import path.
-OPTIONS_ROOT = Path(__file__).resolve().parent.parent / "protos"
+#: Folder holding `kafka_rpc/options.proto` (shipped in the package; `protos/kafka_rpc/options.proto`
+#: of a checkout links to it), always on the import path. Compile your own protos that import the
+#: options with ``-I "$(python -c 'import adapter.protoset as p; print(p.OPTIONS_ROOT)')"``.
+OPTIONS_ROOT = Path(__file__).resolve().parent / "protos"
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,9 @@ class ProtoSet:
 def _compile(roots: Sequence[Path], paths: list[Path]) -> descriptor_pb2.FileDescriptorSet:
     # Absolute paths everywhere: a file name is never taken for one of protoc's flags (a file
     # named "--plugin=x.proto" would be one), and protoc names each file by its root.
-    includes = [p.resolve() for p in (*roots, OPTIONS_ROOT, Path(str(importlib.resources.files("grpc_tools") / "_proto")))]
-    names = [str(path.resolve()) for path in paths]
+    # (absolute(), not resolve(): a linked file must keep the path under its own root.)
+    includes = [p.absolute() for p in (*roots, OPTIONS_ROOT, Path(str(importlib.resources.files("grpc_tools") / "_proto")))]
+    names = [str(path.absolute()) for path in paths]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "set.pb"
         # A child process, so protoc's error text can be captured and shown.
