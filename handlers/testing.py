@@ -1,10 +1,12 @@
-"""Test your handlers in-process: generated stubs call them through the real request path.
+"""Test your handlers in-process: generated stubs call them through the caller's and the handler's call paths.
 
 `serve_in_memory` collects the targets as ``python -m handlers`` does and yields an
 `adapter.aio_channel.AioKafkaChannel`, the channel Python callers use against Kafka. Each
 call runs the request/reply core (`adapter.requester`, `adapter.stream`), the wire
-encoding and the handler side (`handlers.calls`, `Dispatcher`, `HandlerContext`); only
-Kafka is replaced, by `adapter.memory`. All four kinds of call work, with deadlines,
+encoding and the handler's call handling (`handlers.calls`, `Dispatcher`, `HandlerContext`),
+with Kafka replaced by `adapter.memory`. What a handler process does around that with Kafka
+(`handlers.worker`: consuming in a group, offsets, flow control, dead letters, rebalances,
+exactly-once) is not run here; the broker tests cover it. All four kinds of call work, with deadlines,
 metadata, statuses and cancellation, as in grpc.aio::
 
     async with serve_in_memory(MailService(OutboxSender(tmp_path))) as channel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import uuid
@@ -51,6 +52,15 @@ def kafka_bootstrap() -> str:
 def prefix() -> str:
     """A fresh topic prefix, so each test (or module) gets its own topics and groups."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture(scope="session")
+def openssl() -> str:
+    """The openssl command, which makes the TLS tests' certificates: a failure, not a skip, without it."""
+    path = shutil.which("openssl")
+    if path is None:
+        pytest.fail("the TLS tests need the openssl command (Debian package openssl); it is not on PATH")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ so finding it in any output is a leak.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from tests.conftest import engine
 pytestmark = [
     pytest.mark.kafka,
     pytest.mark.engines,
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="kafka/broker.sh needs openssl for the TLS listeners"),
+    pytest.mark.usefixtures("openssl"),  # kafka/broker.sh makes the TLS listeners' certificates with it
 ]
 
 USER = "rpc-test"

@@ -232,7 +232,6 @@ def test_handler_killed_mid_stream_ends_the_call(kafka_bootstrap: str, prefix: s
             proc.wait_for(rf"partitions assigned: .*{prefix.replace('.', '[.]')}rpctest[.]v1[.]Kitchen/", timeout=60)
         with grpc.insecure_channel(address) as channel:
             kitchen = kitchen_pb2_grpc.KitchenStub(channel)
-            started = time.monotonic()
             call = kitchen.Watch(kitchen_pb2.Count(tag="victim", delay=0.05), timeout=40)
             serving = int(next(call).tag.split()[0])
             victims[serving].popen.send_signal(signal.SIGKILL)
@@ -241,8 +240,7 @@ def test_handler_killed_mid_stream_ends_the_call(kafka_bootstrap: str, prefix: s
                     pass
             # The survivor takes the partition over after the session timeout (10 s) and reads the
             # stream's opening again; the frontend sees the stream restart and ends the call.
-            assert info.value.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE), info.value.details()
-            assert time.monotonic() - started < 40
+            assert info.value.code() == grpc.StatusCode.ABORTED, info.value.details()
             # The survivor serves new streams.
             assert [i.i for i in kitchen.CountUp(kitchen_pb2.Count(n=5), timeout=30)] == list(range(5))
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from tests import procs
 
 pytestmark = [
     pytest.mark.kafka,
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command"),
+    pytest.mark.usefixtures("openssl"),
 ]
 
 

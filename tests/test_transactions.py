@@ -29,6 +29,8 @@ class Producer:
         self.hold = threading.Event()
         self.hold.set()
         self.fail_commit = False
+        #: Set once a commit has begun (and waits on `hold`, if cleared).
+        self.in_commit = threading.Event()
 
     def begin(self) -> None:
         self.log.append("begin")
@@ -39,6 +41,7 @@ class Producer:
     def commit(self, offsets: Any, group: Any) -> None:
         if offsets:
             self.log.append(("offsets", dict(offsets)))
+        self.in_commit.set()
         self.hold.wait(5)
         if self.fail_commit:
             raise TransportError("committing a transaction: broker went away")
@@ -61,6 +64,12 @@ class Engine:
     def transactional_producer(self, transactional_id: str, timeout: float) -> Producer:
         self.producer.log.append("init")
         return self.producer
+
+
+async def _steps() -> None:
+    """Let every ready task run until it waits (the stand-in producer never blocks a send)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -103,9 +112,9 @@ def test_sends_wait_while_a_commit_runs(producer: Producer) -> None:
         await txn.send("replies", b"1", None, [])
         producer.hold.clear()
         committing = asyncio.create_task(txn.commit())
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(producer.in_commit.wait, 5)
         second = asyncio.create_task(txn.send("replies", b"2", None, []))
-        await asyncio.sleep(0.05)
+        await _steps()  # the send has run as far as it can: without the gate it would be done
         assert not second.done() and producer.log.count(("send", "replies")) == 1
         producer.hold.set()
         assert await committing
@@ -129,9 +138,9 @@ def test_an_aborted_transaction_refuses_sends_until_the_caller_resumes(producer:
         producer.hold.clear()
         producer.fail_commit = True
         committing = asyncio.create_task(txn.commit())
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(producer.in_commit.wait, 5)
         waiting = asyncio.create_task(txn.send("replies", b"2", None, []))  # waits for the commit
-        await asyncio.sleep(0.05)
+        await _steps()
         assert not waiting.done()
         producer.hold.set()
         assert not await committing
