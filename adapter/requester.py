@@ -54,8 +54,12 @@ class Requester:
         self._transport = transport
         self._default_timeout = default_timeout
         self._pending: dict[bytes, _Pending | Stream] = {}
-        #: Bytes of response messages a stream may hold for a slow client.
+        #: Bytes of response messages a stream may hold for a slow client (each counted with
+        #: MESSAGE_OVERHEAD), and all streams together.
         self.max_stream_buffer = 32 * 1024 * 1024
+        self.max_buffered_total = 256 * 1024 * 1024
+        #: Bytes the streams of this requester hold now.
+        self.buffered_total = 0
         self._partitions: tuple[int, ...] = ()
         self._next = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 #: Request messages sent and not yet acknowledged by Kafka, per stream.
 SEND_WINDOW = 64
+#: Bytes a buffered response message counts besides its payload, so empty messages are bounded too.
+MESSAGE_OVERHEAD = 64
 
 
 class Stream:
@@ -77,6 +79,7 @@ class Stream:
 
     def cancel(self) -> None:
         """Give up: the handler is told to stop, nothing more is delivered here."""
+        self._hold(-self._buffered)  # what nobody will read any more
         if not self.done:
             self.done = True
             self._span.end(code_when_cancelled(self.time_remaining()))
@@ -99,7 +102,7 @@ class Stream:
                 self.cancel()
                 raise CallTimeout(f"stream on topic {self.topic!r} passed its deadline") from None
         if isinstance(item, bytes):
-            self._buffered -= len(item)
+            self._hold(-(len(item) + MESSAGE_OVERHEAD))
             return item
         if isinstance(item, BaseException):
             raise item
@@ -131,13 +134,23 @@ class Stream:
             self.cancel()
             return
         self._next_seq += 1
-        self._buffered += len(record.payload)
-        if self._buffered > self._max_buffered:
-            self.fail(CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"the client reads slower than the handler writes: over {self._max_buffered} bytes buffered"))
-            self.cancel()
+        size = len(record.payload) + MESSAGE_OVERHEAD
+        requester = self._requester
+        if self._buffered + size > self._max_buffered:
+            why = f"the client reads slower than the handler writes: over {self._max_buffered} bytes buffered"
+        elif requester.buffered_total + size > requester.max_buffered_total:
+            why = (f"this frontend holds over {requester.max_buffered_total} bytes of response messages for slow "
+                   "clients")
+        else:
+            self._hold(size)
+            self._queue.put_nowait(record.payload)
             return
-        self._queue.put_nowait(record.payload)
+        self.fail(CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, why))
+        self.cancel()
+
+    def _hold(self, size: int) -> None:
+        self._buffered += size
+        self._requester.buffered_total += size
 
     def fail(self, exc: BaseException) -> None:
         if self._error is None:

@@ -8,6 +8,7 @@ and ``await context.abort(...)`` work.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -33,6 +34,8 @@ class HandlerContext:
         self._details: str | None = None
         self._trailing: wire.Metadata = ()
         self._callbacks: list[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
+        self._callbacks_ran = False
         self._cancelled = False
         self.aborted = False
 
@@ -91,9 +94,14 @@ class HandlerContext:
         return self._trailing
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
-        """Run `callback` when the handler function has finished (before the reply is produced)."""
-        self._callbacks.append(callback)
-        return True
+        """Run `callback` when the call ends; False (not registered) once it has, as under grpc.
+
+        Safe from a def handler's thread while the event loop runs the callbacks."""
+        with self._callbacks_lock:
+            if self._callbacks_ran:
+                return False
+            self._callbacks.append(callback)
+            return True
 
     def cancel(self) -> None:
         self._cancelled = True
@@ -127,7 +135,9 @@ class HandlerContext:
         return self._request.identity_key
 
     def run_callbacks(self) -> None:
-        callbacks, self._callbacks = self._callbacks, []
+        with self._callbacks_lock:
+            self._callbacks_ran = True
+            callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             try:
                 callback()

@@ -437,3 +437,41 @@ def test_a_cancelled_def_handler_keeps_its_slot_until_its_thread_returns() -> No
     reply = asyncio.run(run())
     assert reply is not None and reply.code is grpc.StatusCode.OK
     assert events == ["def started", "def returned", "async started"]
+
+
+def test_a_callback_added_after_the_call_ended_is_refused_not_lost() -> None:
+    """#12.10: a def handler's thread may add a callback while the loop runs them: grpc's rule,
+    add_callback returns False once the call has ended, and a callback it accepted always runs."""
+    from handlers.context import HandlerContext
+
+    context = HandlerContext(wire.Request("/s.S/M", b"c", None), "test")
+    ran: list[str] = []
+    assert context.add_callback(lambda: ran.append("before"))
+    context.run_callbacks()
+    assert not context.add_callback(lambda: ran.append("after"))
+    context.run_callbacks()
+    assert ran == ["before"]
+
+
+def test_callbacks_added_from_threads_while_they_run_are_never_lost() -> None:
+    from handlers.context import HandlerContext
+
+    for _ in range(200):
+        context = HandlerContext(wire.Request("/s.S/M", b"c", None), "test")
+        ran: list[int] = []
+        accepted: list[bool] = []
+        go = threading.Event()
+
+        def add(i: int, context: HandlerContext = context, ran: list[int] = ran, accepted: list[bool] = accepted,
+                go: threading.Event = go) -> None:
+            go.wait()
+            accepted.append(context.add_callback(lambda: ran.append(i)))
+
+        threads = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        go.set()
+        context.run_callbacks()
+        for thread in threads:
+            thread.join()
+        assert len(ran) == sum(accepted)  # every accepted callback ran, exactly once

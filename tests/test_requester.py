@@ -351,3 +351,61 @@ def test_a_timed_out_call_sends_a_cancel_with_the_same_key() -> None:
     assert isinstance(request, wire.Request) and isinstance(cancel, wire.Frame)
     assert cancel.kind == wire.CANCEL and cancel.correlation_id == request.correlation_id
     assert key == cancel_key == request.correlation_id
+
+
+async def _silent(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:
+    return None
+
+
+def _messages(stream: Any, payloads: list[bytes]) -> None:
+    for seq, payload in enumerate(payloads):
+        stream.deliver(wire.Frame(stream.correlation_id, wire.MESSAGE, seq, payload), lambda: None)
+
+
+def test_empty_response_messages_are_bounded_too() -> None:
+    """#12.10: each buffered message counts its size plus an overhead, so 0-byte ones are bounded."""
+    async def run() -> CallError:
+        requester, _ = await started(_silent)
+        requester.max_stream_buffer = 64 * 100
+        stream = requester.open_stream(METHOD, topic="t", request=b"", timeout=5)
+        _messages(stream, [b""] * 200)  # nobody reads
+        with pytest.raises(CallError) as failed:
+            async for _ in stream:
+                pass
+        await requester.stop()
+        return failed.value
+
+    error = asyncio.run(run())
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "slower" in error.details
+
+
+def test_the_frontends_buffers_are_bounded_in_total() -> None:
+    """#12.10: many slow streams, each within its own bound, cannot hold more than the total."""
+    async def run() -> tuple[list[grpc.StatusCode | None], int]:
+        requester, _ = await started(_silent)
+        requester.max_stream_buffer = 10_000
+        requester.max_buffered_total = 25_000
+        streams = [requester.open_stream(METHOD, topic="t", request=b"", timeout=5) for _ in range(4)]
+        for stream in streams:
+            _messages(stream, [b"x" * 1000] * 8)  # 8 x (1000 + 64) bytes each: under 10,000
+        codes: list[grpc.StatusCode | None] = []
+        for stream in streams:
+            try:
+                got = [m async for m in _take(stream, 8)]
+                codes.append(None if len(got) == 8 else grpc.StatusCode.UNKNOWN)
+            except CallError as exc:
+                codes.append(exc.code)
+        for stream in streams:
+            stream.cancel()
+        left = requester.buffered_total
+        await requester.stop()
+        return codes, left
+
+    codes, left = asyncio.run(run())
+    assert codes[:2] == [None, None] and grpc.StatusCode.RESOURCE_EXHAUSTED in codes[2:], codes
+    assert left == 0  # what ended streams held is released
+
+
+async def _take(stream: Any, n: int) -> Any:
+    for _ in range(n):
+        yield await stream.__anext__()
