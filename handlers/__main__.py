@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 
 from adapter.cli import (
     add_kafka_arguments,
@@ -122,7 +123,24 @@ def main(argv: list[str] | None = None) -> int:
                 endpoint.close()
         logging.getLogger("handlers").info("stopped after %d replies", worker.replied)
 
-    return run(serve, "handlers")
+    code = run(serve, "handlers")
+    _exit_past_stuck_handlers(code)
+    return code
+
+
+def _exit_past_stuck_handlers(code: int) -> None:
+    """Exit now if def handlers still run after the drain: Python would wait for their threads forever."""
+    from handlers.dispatcher import THREAD_PREFIX
+
+    stuck = [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX + "_") and t.is_alive()]
+    if stuck:
+        logging.getLogger("handlers").warning(
+            "%d handler functions still running after the drain timeout; exiting without them (their calls "
+            "were not committed: they run again elsewhere)", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

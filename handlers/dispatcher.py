@@ -37,6 +37,10 @@ T = TypeVar("T")
 _DONE = object()
 
 
+#: Name prefix of the threads that run def handlers.
+THREAD_PREFIX = "handler"
+
+
 class Dispatcher:
     """Runs handler functions, at most `concurrency` at once."""
 
@@ -44,7 +48,7 @@ class Dispatcher:
                  tracing: Tracing | None = None) -> None:
         self.methods = methods
         self._slots = asyncio.Semaphore(concurrency)
-        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=THREAD_PREFIX)
         self._handoffs: Handoff | None = None
         self.expired = 0
         #: Handler functions running now (holding one of the `concurrency` slots).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 
 import grpc
@@ -68,6 +69,10 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
 
     def Keyed(self, request, context):
         return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
+
+    def Hang(self, request, context):
+        _event("hanging")
+        threading.Event().wait()  # a def handler stuck for good (a lost lock, a call with no timeout)
 
     def Grow(self, request, context):
         return kitchen_pb2.Item(i=request.n, data=b"x" * request.size)

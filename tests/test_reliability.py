@@ -183,3 +183,27 @@ def test_limits_give_resource_exhausted_at_once(kafka_bootstrap: str, prefix: st
     finally:
         front.stop()
         worker.stop()
+
+
+def test_a_def_handler_that_never_returns_does_not_keep_the_process_alive(kafka_bootstrap: str, prefix: str,
+                                                                          tmp_path: Path) -> None:
+    """#12.10: after the drain timeout the process exits, whatever its handler threads do."""
+    events = tmp_path / "events"
+    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, "--drain-timeout", "1", targets=KITCHEN,
+                           env={"KITCHEN_EVENTS": str(events)})
+    front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            hung = kitchen_pb2_grpc.KitchenStub(channel).Hang.future(empty_pb2.Empty(), timeout=60)
+            for _ in range(300):
+                if events.exists() and "hanging" in events.read_text():
+                    break
+                time.sleep(0.1)
+            assert "hanging" in events.read_text()
+            worker.popen.send_signal(signal.SIGTERM)
+            assert worker.popen.wait(60) == 0, worker.output()
+            assert "still running" in worker.output()
+            hung.cancel()
+    finally:
+        front.stop()
+        worker.stop()
