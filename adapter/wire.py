@@ -301,6 +301,18 @@ def dead_letter_headers(headers: Headers | None, reason: str, source: str) -> li
     return [*(headers or ()), (DEAD_LETTER_REASON, reason.encode()), (DEAD_LETTER_SOURCE, source.encode())]
 
 
+def reply_partition_of(headers: Headers | None) -> int | None:
+    """The reply partition of a request (last header wins), or None if absent or malformed,
+    without decoding the rest: where to answer a request that cannot be decoded."""
+    found = None
+    for name, value in headers or ():
+        if name == REPLY_PARTITION:
+            found = value
+    if found is None or len(found) != 4:
+        return None
+    return int(_INT32.unpack(bytes(found))[0])
+
+
 def correlation_id_of(headers: Headers | None) -> bytes | None:
     """The correlation id of any record (last header wins), without decoding the rest."""
     found = None

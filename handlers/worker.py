@@ -242,7 +242,10 @@ class Worker:
             await self._dead_letter(record, where, reason, generation)
             return
         reply = wire.Reply(cid, code=grpc.StatusCode.INVALID_ARGUMENT, message=reason)
-        future = await self._produce(reply_topic, b"", record.key, reply.encode_headers())
+        # To the caller's partition when the header says it: with several frontends on one reply
+        # topic, another partition's owner would drop it and the caller would wait for its deadline.
+        future = await self._produce(reply_topic, b"", record.key, reply.encode_headers(),
+                                     wire.reply_partition_of(headers))
         if self.txn is not None:  # done in the transaction that carries its answer, as replies are
             self.tracker.done(record.topic, record.partition, record.offset, generation)
         await future

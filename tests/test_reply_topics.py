@@ -95,3 +95,37 @@ def test_a_reply_topic_that_does_not_exist_is_never_created(kafka_bootstrap: str
     finally:
         worker.stop()
         front.stop()
+
+
+def test_a_rejected_request_is_answered_on_the_partition_it_names(kafka_bootstrap: str, prefix: str,
+                                                                  tmp_path: Path) -> None:
+    """#12.10: with several frontends on one reply topic, only the caller's partition reaches it."""
+    replies = f"{prefix}replies"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(replies, 4, 1)])
+    admin.close()
+    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, targets=KITCHEN)
+    try:
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        sent = {}
+        for i in range(8):
+            cid = wire.new_correlation_id()
+            sent[cid] = i % 4
+            producer.send(f"{prefix}rpctest.v1.Kitchen", value=b"", headers=[
+                (wire.CORRELATION_ID, cid), (wire.METHOD, b"/rpctest.v1.Kitchen/Echo"), (wire.REPLY_TOPIC, replies.encode()),
+                (wire.REPLY_PARTITION, (i % 4).to_bytes(4, "big")), (wire.DEADLINE, b"soon")])  # malformed deadline
+        producer.flush(30)
+        producer.close()
+        consumer = KafkaConsumer(replies, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                                 enable_auto_commit=False, consumer_timeout_ms=15000)
+        placed = {}
+        for record in consumer:
+            reply = wire.decode_reply(record.headers, record.value)
+            assert isinstance(reply, wire.Reply) and reply.code == grpc.StatusCode.INVALID_ARGUMENT
+            placed[reply.correlation_id] = record.partition
+            if len(placed) == len(sent):
+                break
+        consumer.close()
+        assert placed == sent
+    finally:
+        worker.stop()

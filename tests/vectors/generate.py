@@ -204,18 +204,23 @@ def rejection(topic: str, headers: list[tuple[str, bytes]], reason: str, key: by
     """What a handler does with a record it will not serve: (reply, dead letter, the rule that applied).
 
     With a non-empty kafka_correlationId and an allowed kafka_replyTopic (the last of each),
-    it answers INVALID_ARGUMENT with the reason as rpc-message, to no particular partition
-    (kafka_replyPartition may be what is wrong), with the request's key. Otherwise it copies
+    it answers INVALID_ARGUMENT with the reason as rpc-message, to the partition kafka_replyPartition
+    names when that header is well-formed (else to any: it may be what is wrong), with the
+    request's key. Otherwise it copies
     the record (key, value, headers) to its dead-letter topic, adding why and from where.
     """
     last = dict(headers)
     correlation, reply_topic = last.get(CORRELATION_ID), last.get(REPLY_TOPIC)
     if correlation and reply_topic is not None and any(
             fnmatch.fnmatchcase(reply_topic.decode(), pattern) for pattern in ALLOWED_REPLY_TOPICS):
-        reply = {**record(reply_topic.decode(), reply_headers(correlation, 3, reason), b"", key, placed=True),
+        raw = last.get("kafka_replyPartition")
+        partition = int.from_bytes(raw, "big", signed=True) if raw is not None and len(raw) == 4 else None
+        reply = {**record(reply_topic.decode(), reply_headers(correlation, 3, reason), b"", key, partition=partition,
+                          placed=True),
                  "decoded": reply_decoded(correlation, 3, "INVALID_ARGUMENT", reason)}
+        where = "to no particular partition" if partition is None else f"to the partition it names ({partition})"
         return reply, None, ("The handler answers INVALID_ARGUMENT (3) on the named reply topic, with the reason as "
-                             "rpc-message and to no particular partition.")
+                             f"rpc-message and {where}.")
     why = ("it has no correlation id" if not correlation else "it names no reply topic" if reply_topic is None
            else "its reply topic is not allowed")
     source = SOURCE.format(topic=topic)
