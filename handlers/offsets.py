@@ -71,6 +71,11 @@ class OffsetTracker:
     def committed(self, offsets: dict[Partition, int]) -> None:
         self._committed.update(offsets)
 
+    def uncommitted(self, partitions: list[Partition]) -> None:
+        """A commit of these partitions failed after all: commit them again next time."""
+        for tp in partitions:
+            self._committed.pop(tp, None)
+
     def positions(self, partitions: set[Partition] | None = None) -> dict[Partition, tuple[int, set[int]]]:
         """For the exactly-once mode: each partition's first record not done, and the records after it that are.
 

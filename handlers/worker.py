@@ -132,7 +132,7 @@ class Worker:
         self._consumer = await self._on_kafka_thread(
             self._engine.consumer, self.config.group, from_end=False, read_committed=self.config.exactly_once,
             session_timeout=self.config.session_timeout, max_records=self.config.max_pending,
-            protocol=self.config.protocol)
+            protocol=self.config.protocol, on_commit_failed=self._commit_failed)
         if self.config.exactly_once:
             self.txn = Transactions(self.config, self._engine, lambda: self._group_metadata, self.tracker,
                                     self.metrics, self._handoff)
@@ -461,6 +461,13 @@ class Worker:
             self.tracker.committed(offsets)
         except Exception as exc:
             log.warning("commit failed (the records will be redelivered): %s", exc)
+
+    def _commit_failed(self, partitions: list[Partition], reason: str) -> None:
+        """On the consumer thread: an asynchronous commit failed; the next commit sends it again."""
+        log.warning("commit of %s failed (committed again next time): %s",
+                    ", ".join(f"{t}/{p}" for t, p in sorted(partitions)), reason)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.tracker.uncommitted, partitions)
 
     async def _rewind(self) -> None:
         """After an aborted transaction: stop every call and fetch again from the committed offsets.

@@ -104,6 +104,22 @@ def test_commit_with_metadata_then_a_new_member_starts_there(engine: Engine, top
     assert [r.offset for r in _poll_until(second, lambda got: len(got) >= 2)] == [3, 4]
 
 
+def test_a_failed_asynchronous_commit_is_reported(engine: Engine, topic: str, consumers: list[Consumer]) -> None:
+    """#12.10: the worker marks offsets committed when it asks; a failure must reach it to ask again."""
+    failed: list[tuple[list[Partition], str]] = []
+    consumer = engine.consumer(f"{topic}.g", from_end=False, read_committed=False, session_timeout=10,
+                               on_commit_failed=lambda parts, why: failed.append((parts, why)))
+    consumers.append(consumer)
+    consumer.subscribe([topic], lambda parts: None, lambda parts, lost: None)
+    _poll_until(consumer, lambda got: bool(consumer.assignment()))
+    consumer.commit({(topic, 0): (0, "")}, asynchronous=True)
+    _poll_until(consumer, lambda got: False, timeout=1)
+    assert failed == []  # a commit that works reports nothing
+    consumer.commit({(topic, 99): (5, "")}, asynchronous=True)  # no such partition: the broker refuses it
+    _poll_until(consumer, lambda got: bool(failed), timeout=10)
+    assert failed and failed[0][0] == [(topic, 99)], failed
+
+
 def test_from_end_starts_after_what_was_there_and_reports_lag(engine: Engine, topic: str,
                                                               consumers: list[Consumer]) -> None:
     _produce(engine, topic, [(b"old", 0), (b"old", 1)], [])

@@ -226,3 +226,15 @@ def test_positions_only_name_added_records_whatever_the_history(steps: list[tupl
         for position, done in tracker.positions().values():
             assert done <= added and all(o > position for o in done)
             assert decode_done(position, encode_done(position, done)) == done
+
+
+def test_a_failed_commit_is_committable_again() -> None:
+    tracker = OffsetTracker()
+    for offset in range(3):
+        tracker.add(T, 0, offset)
+        tracker.done(T, 0, offset)
+    assert tracker.committable() == {(T, 0): 3}
+    tracker.committed({(T, 0): 3})
+    assert tracker.committable() == {}
+    tracker.uncommitted([(T, 0)])  # the asynchronous commit failed after all
+    assert tracker.committable() == {(T, 0): 3}

@@ -31,6 +31,7 @@ from adapter.errors import MissingTopic, RecordRefused, TransportError
 from adapter.kafka.contract import (
     Offsets,
     OnAssign,
+    OnCommitFailed,
     OnDelivery,
     OnRevoke,
     Partition,
@@ -157,8 +158,20 @@ class ConfluentEngine:
         return producer
 
     def consumer(self, group: str, *, from_end: bool, read_committed: bool, session_timeout: float,
-                 max_records: int = 500, protocol: str = "classic") -> _Consumer:
+                 max_records: int = 500, protocol: str = "classic",
+                 on_commit_failed: OnCommitFailed | None = None) -> _Consumer:
         errors = _Errors()
+
+        def committed(error: KafkaError | None, tps: list[TP]) -> None:
+            failed = [(tp.topic, tp.partition) for tp in tps if tp.error is not None]
+            if error is None and not failed:
+                return
+            reason = str(error.str() if error is not None else tps[0].error)
+            if on_commit_failed is not None:
+                on_commit_failed(failed or [(tp.topic, tp.partition) for tp in tps], reason)
+            else:
+                log.warning("commit failed (the records will be redelivered): %s", reason)
+
         ours: dict[str, Any] = {
             "group.id": group,
             "auto.offset.reset": "latest" if from_end else "earliest",
@@ -170,6 +183,7 @@ class ConfluentEngine:
             "fetch.wait.max.ms": 100,
             "max.partition.fetch.bytes": record_limit(self.config),
             "allow.auto.create.topics": False,
+            "on_commit": committed,
         }
         if protocol == "consumer":
             # KIP-848: the broker assigns, `range` spreading each topic evenly over the members;

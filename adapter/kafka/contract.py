@@ -34,6 +34,8 @@ OnAssign = Callable[[list[Partition]], None]
 #: Partitions taken away; `lost` when another member may own them already. Returns the
 #: offsets to commit before they go (ignored when lost).
 OnRevoke = Callable[[list[Partition], bool], Offsets | None]
+#: An asynchronous commit failed for these partitions (and why); on the consumer's thread.
+OnCommitFailed = Callable[[list[Partition], str], None]
 
 #: Room for headers on top of the largest message.
 HEADER_ROOM = 64 * 1024
@@ -153,13 +155,15 @@ class Engine(Protocol):
         """A transactional producer, initialised (earlier producers with the id fenced)."""
 
     def consumer(self, group: str, *, from_end: bool, read_committed: bool, session_timeout: float,
-                 max_records: int = 500, protocol: str = "classic") -> Consumer:
+                 max_records: int = 500, protocol: str = "classic",
+                 on_commit_failed: OnCommitFailed | None = None) -> Consumer:
         """A group member. `from_end`: newly assigned partitions start at their end offset, resolved
         before `on_assign` runs, and offsets are never committed (reply readers). Else reading
         starts at the committed offset, or the beginning.
 
         `protocol`: ``classic`` (cooperative rebalancing, the client's assignor) or ``consumer``
-        (KIP-848: the broker assigns each topic's partitions evenly, the `range` assignor)."""
+        (KIP-848: the broker assigns each topic's partitions evenly, the `range` assignor).
+        `on_commit_failed`: told when an asynchronous commit fails (else it is only logged)."""
 
     def admin(self, timeout: float = 30.0) -> Admin:
         """An admin client; raises `TransportError` saying why if Kafka cannot be reached."""

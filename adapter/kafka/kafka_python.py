@@ -32,6 +32,7 @@ from adapter.kafka.balanced import TopicBalancedAssignor
 from adapter.kafka.contract import (
     Offsets,
     OnAssign,
+    OnCommitFailed,
     OnDelivery,
     OnRevoke,
     Partition,
@@ -198,7 +199,8 @@ class KafkaPythonEngine:
         return producer
 
     def consumer(self, group: str, *, from_end: bool, read_committed: bool, session_timeout: float,
-                 max_records: int = 500, protocol: str = "classic") -> _Consumer:
+                 max_records: int = 500, protocol: str = "classic",
+                 on_commit_failed: OnCommitFailed | None = None) -> _Consumer:
         if protocol != "classic":
             raise ConfigError("group_protocol: kafka-python has no consumer protocol (KIP-848); use classic")
         settings = self._settings(
@@ -216,7 +218,7 @@ class KafkaPythonEngine:
             fetch_max_wait_ms=100,
         )
         with self._connecting():
-            return _Consumer(KafkaConsumer(**settings), from_end)
+            return _Consumer(KafkaConsumer(**settings), from_end, on_commit_failed)
 
     def admin(self, timeout: float = 30.0) -> _Admin:
         def connect(timeout: float) -> KafkaAdminClient:
@@ -365,9 +367,10 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class _Consumer:
-    def __init__(self, consumer: KafkaConsumer, from_end: bool) -> None:
+    def __init__(self, consumer: KafkaConsumer, from_end: bool, on_commit_failed: OnCommitFailed | None = None) -> None:
         self.raw = consumer
         self.from_end = from_end
+        self._on_commit_failed = on_commit_failed
         self.unresolved: set[Partition] = set()
         self._on_assign: OnAssign | None = None
 
@@ -415,11 +418,19 @@ class _Consumer:
         commit = {TopicPartition(t, p): OffsetAndMetadata(o, meta, -1) for (t, p), (o, meta) in offsets.items()}
         try:
             if asynchronous:
-                self.raw.commit_async(commit, _commit_done)
+                self.raw.commit_async(commit, self._commit_done)
             else:
                 self.raw.commit(commit)
         except Exception as exc:  # kafka-python raises more than KafkaError while the broker is away
             raise TransportError(f"committing offsets: {type(exc).__name__}: {exc}") from exc
+
+    def _commit_done(self, offsets: Any, result: Any) -> None:
+        if not isinstance(result, Exception):
+            return
+        if self._on_commit_failed is not None:
+            self._on_commit_failed([(tp.topic, tp.partition) for tp in offsets], f"{type(result).__name__}: {result}")
+        else:
+            log.warning("commit failed (the records will be redelivered): %s", result)
 
     def committed(self, partitions: list[Partition]) -> dict[Partition, tuple[int, str] | None]:
         result: dict[Partition, tuple[int, str] | None] = {}
@@ -466,9 +477,6 @@ class _Consumer:
             log.debug("closing a consumer: %s", exc)
 
 
-def _commit_done(offsets: Any, result: Any) -> None:
-    if isinstance(result, Exception):
-        log.warning("commit failed (the records will be redelivered): %s", result)
 
 
 class _Admin:
