@@ -6,9 +6,10 @@
 Delivery is at least once: a record's offset is committed only after its reply has
 been produced and every earlier record of its partition has been replied to
 (`handlers.offsets`). With `exactly_once`, replies and offsets are committed together in
-Kafka transactions instead (`handlers.transactions`). The consumer lives on one thread of its own (Kafka
-consumers are not thread-safe, and librdkafka runs rebalance callbacks on the polling thread);
-handlers run on the event loop or a thread pool (docs/internals.md).
+Kafka transactions instead (`handlers.transactions`). The consumer lives on one thread of its own
+(`handlers.fetcher`: Kafka consumers are not thread-safe); rebalance callbacks run on that thread
+(confluent) or on kafka-python's I/O thread, never on the event loop; handlers run on the event
+loop or a thread pool (docs/internals.md).
 """
 
 from __future__ import annotations
@@ -525,9 +526,10 @@ class Worker:
         assert self._fetcher is not None
         return await self._fetcher.call(func, *args, **kwargs)
 
-    # Rebalance callbacks: they run inside the consumer's poll (or close), on the consumer thread
-    # (confluent) or kafka-python's I/O thread, while the event loop is free (it awaits that poll),
-    # so the work they hand to the loop runs at once; they wait for it a bounded time only.
+    # Rebalance callbacks: they run on the consumer thread inside its poll or close (confluent), or
+    # on kafka-python's I/O thread; never on the event loop, which never waits for the consumer
+    # thread meanwhile, so the work they hand it runs at once. They wait for it REVOKE_GRACE + 5 s
+    # at most: a rebalance goes on whatever the calls or the transaction do.
     def _revoked(self, partitions: list[Partition], lost: bool) -> Offsets | None:
         if not partitions:
             return None
