@@ -70,6 +70,9 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
     def Keyed(self, request, context):
         return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
 
+    def Once(self, request, context):
+        return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
+
     def Hang(self, request, context):
         _event("hanging")
         threading.Event().wait()  # a def handler stuck for good (a lost lock, a call with no timeout)
