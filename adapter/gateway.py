@@ -161,20 +161,9 @@ class Gateway:
     async def _client_stream(self, route: Route, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
         with _Observed(self.metrics.method(route.path), context):
             stream = await self._open(route, context, request=None)
-
-            async def pump() -> None:
-                try:
-                    async for message in requests:
-                        await stream.send(message)
-                    await stream.close_send()
-                except CallError:
-                    pass  # the call has ended; its status comes through the result
-                except Exception as exc:
-                    stream.fail(exc)  # the result raises it, as when this ran inline
-
             # The handler may answer before the client is done sending (a refusal, an error, or a
             # reply that needs no more): the call ends then, as with grpc servers.
-            sender = asyncio.create_task(pump())
+            sender = asyncio.create_task(_pump(requests, stream))
             try:
                 reply = await stream.result()
             except CallError as exc:
@@ -188,17 +177,8 @@ class Gateway:
                            context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         with _Observed(self.metrics.method(route.path), context):
             stream = await self._open(route, context, request=None)
-
-            async def pump() -> None:
-                # Requests flow while responses do: bidi handlers may answer before the client is done.
-                try:
-                    async for message in requests:
-                        await stream.send(message)
-                    await stream.close_send()
-                except CallError:
-                    pass  # the call has ended; its status comes through the responses
-
-            sender = asyncio.create_task(pump())
+            # Requests flow while responses do: bidi handlers may answer before the client is done.
+            sender = asyncio.create_task(_pump(requests, stream))
             try:
                 async for message in _responses(stream, context):
                     yield message
@@ -283,6 +263,18 @@ async def _keys(route: Route, request: bytes, context: grpc.aio.ServicerContext)
     except DecodeError as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {route.input_type.full_name}: {exc}")
         raise AssertionError("unreachable") from exc
+
+
+async def _pump(requests: AsyncIterator[bytes], stream: Stream) -> None:
+    """Send a client's request messages, then its half-close, while the call's answer is awaited."""
+    try:
+        async for message in requests:
+            await stream.send(message)
+        await stream.close_send()
+    except CallError:
+        pass  # the call has ended; its status comes through the stream
+    except Exception as exc:
+        stream.fail(exc)  # the stream raises it to the call, as when this ran inline
 
 
 def _peer(context: grpc.aio.ServicerContext) -> dict[str, Any]:

@@ -10,6 +10,10 @@ Kafka transactions instead (`handlers.transactions`). The consumer lives on one 
 (`handlers.fetcher`: Kafka consumers are not thread-safe); rebalance callbacks run on that thread
 (confluent) or on kafka-python's I/O thread, never on the event loop; handlers run on the event
 loop or a thread pool (docs/internals.md).
+
+Longer than a module should be: the consume loop, flow control, the two commit policies,
+rebalance handling and the answers that replace a reply (rejections, refused replies, dead
+letters) are still one class here; they are to become modules of their own.
 """
 
 from __future__ import annotations
@@ -245,9 +249,15 @@ class Worker:
         reply = wire.Reply(cid, code=grpc.StatusCode.INVALID_ARGUMENT, message=reason)
         # To the caller's partition when the header says it: with several frontends on one reply
         # topic, another partition's owner would drop it and the caller would wait for its deadline.
-        future = await self._produce(reply_topic, b"", record.key, reply.encode_headers(),
-                                     wire.reply_partition_of(headers))
-        if self.txn is not None:  # done in the transaction that carries its answer, as replies are
+        await self._answer(record, generation, reply_topic, b"", reply.encode_headers(), wire.reply_partition_of(headers))
+
+    async def _answer(self, record: Record, generation: int, topic: str, value: bytes,
+                      headers: list[tuple[str, bytes]], partition: int | None = None) -> None:
+        """Produce what answers `record` instead of a handler's reply (a rejection, an error status,
+        a dead letter) and wait for Kafka; in the exactly-once mode its offset is done in the
+        transaction that carries the answer, as for replies."""
+        future = await self._produce(topic, value, record.key, headers, partition)
+        if self.txn is not None:
             self.tracker.done(record.topic, record.partition, record.offset, generation)
         await future
 
@@ -272,11 +282,8 @@ class Worker:
         if isinstance(request, wire.Request) and request.reply_topic and self._reply_allowed(request.reply_topic):
             reply = wire.Reply(request.correlation_id, code=code, message=reason)
             try:
-                future = await self._produce(request.reply_topic, b"", record.key, reply.encode_headers(),
-                                             request.reply_partition)
-                if self.txn is not None:
-                    self.tracker.done(record.topic, record.partition, record.offset, generation)
-                await future
+                await self._answer(record, generation, request.reply_topic, b"", reply.encode_headers(),
+                                   request.reply_partition)
                 return
             except TransactionAborted:
                 raise
@@ -290,11 +297,8 @@ class Worker:
         backoff = 1.0
         while True:
             try:
-                future = await self._produce(self.config.dead_letter_topic, record.value or b"", record.key,
-                                             wire.dead_letter_headers(record.headers, reason, where))
-                if self.txn is not None:  # done in the transaction that carries the dead letter
-                    self.tracker.done(record.topic, record.partition, record.offset, generation)
-                await future
+                await self._answer(record, generation, self.config.dead_letter_topic, record.value or b"",
+                                   wire.dead_letter_headers(record.headers, reason, where))
                 break
             except TransactionAborted:
                 raise

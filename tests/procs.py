@@ -119,3 +119,18 @@ def status_of(future: grpc.Future) -> grpc.StatusCode:
         return grpc.StatusCode.OK
     except grpc.RpcError as exc:
         return exc.code()
+
+
+def events(path: Path) -> list[str]:
+    """The lines the Kitchen servicer recorded (KITCHEN_EVENTS) so far."""
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for_event(path: Path, line: str, timeout: float = 15) -> None:
+    """Wait until the Kitchen servicer has recorded `line` in `path`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if line in events(path):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"handler never recorded {line!r}; it recorded {events(path)}")

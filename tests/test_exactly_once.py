@@ -85,6 +85,17 @@ def _committed(bootstrap: str, group: str, topic: str) -> tuple[dict[TopicPartit
         admin.close()
 
 
+def _stop_and_count(bootstrap: str, prefix: str, *handlers: procs.Proc, wait: float = 30) -> Counter[bytes]:
+    """Stop `handlers` (SIGTERM: they drain and commit), check the offsets committed are the end
+    offsets with nothing half-done, and count the committed replies per correlation id."""
+    for proc in handlers:
+        proc.popen.send_signal(signal.SIGTERM)
+        assert proc.popen.wait(wait) == 0
+    committed, ends = _committed(bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
+    assert committed == ends
+    return _replies(bootstrap, f"{prefix}replies", "read_committed")
+
+
 def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
     worker = _handler(tmp_path, "h", kafka_bootstrap, prefix, "h1", "--metrics-port", "0")
@@ -123,13 +134,9 @@ def test_calls_are_answered_and_committed_in_transactions(kafka_bootstrap: str, 
         commits_timed = re.search(r"^kafka_rpc_handler_transaction_commit_seconds_count (\S+)$", metrics, re.M)
         assert committed_txns and commits_timed and float(committed_txns[1]) == float(commits_timed[1]) > 0
         assert 'outcome="aborted"' not in metrics
-        worker.popen.send_signal(signal.SIGTERM)
-        assert worker.popen.wait(30) == 0
+        replies = _stop_and_count(kafka_bootstrap, prefix, worker)
         output = worker.output()
         assert f"transactional id {prefix}h1" in output
-        committed, ends = _committed(kafka_bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
-        assert committed == ends
-        replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
         assert sum(replies.values()) == 126 and set(replies.values()) == {1}  # 123 unary, 3 streams
         source = f"{prefix}rpctest.v1.Kitchen/{bad.partition}@{bad.offset}".encode()
         assert _dead_letters(kafka_bootstrap, source) == 1
@@ -163,12 +170,7 @@ def test_kill_9_mid_flight_commits_each_reply_once(kafka_bootstrap: str, prefix:
             assert done_before < len(codes) / 2, "too few calls were in flight at the kill"
             assert codes == [grpc.StatusCode.OK] * len(codes)
             assert [f.result().number for f in echoes] == list(range(200))
-        for proc in (second, restarted):
-            proc.popen.send_signal(signal.SIGTERM)
-            assert proc.popen.wait(30) == 0
-        committed, ends = _committed(kafka_bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
-        assert committed == ends
-        replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
+        replies = _stop_and_count(kafka_bootstrap, prefix, second, restarted, wait=30)
         assert sum(replies.values()) == len(codes), replies.most_common(3)
         assert set(replies.values()) == {1}, f"replies committed twice: {[c for c, n in replies.items() if n > 1][:5]}"
         # Read uncommitted, the dead process's aborted replies are there too: what the mode hides.
@@ -197,14 +199,10 @@ def test_a_fenced_handler_aborts_rewinds_and_answers_each_call_once(kafka_bootst
             intruder.close()
             assert [procs.status_of(f) for f in futures + echoes] == [grpc.StatusCode.OK] * 140
             assert [f.result().number for f in echoes] == list(range(100))
-        worker.popen.send_signal(signal.SIGTERM)
-        assert worker.popen.wait(30) == 0
+        replies = _stop_and_count(kafka_bootstrap, prefix, worker)
         output = worker.output()
         assert "transaction aborted" in output
         assert "transactional producer replaced" in output
-        committed, ends = _committed(kafka_bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
-        assert committed == ends
-        replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
         assert sum(replies.values()) == 140 and set(replies.values()) == {1}
     finally:
         worker.stop()
@@ -227,12 +225,7 @@ def test_a_handler_joining_mid_flight_takes_partitions_without_double_replies(ka
             assert [procs.status_of(f) for f in futures + echoes + more] == [grpc.StatusCode.OK] * 500
             assert [f.result().number for f in echoes] == list(range(300))
         assert "partitions revoked" in first.output()
-        for proc in (first, second):
-            proc.popen.send_signal(signal.SIGTERM)
-            assert proc.popen.wait(30) == 0
-        committed, ends = _committed(kafka_bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
-        assert committed == ends
-        replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
+        replies = _stop_and_count(kafka_bootstrap, prefix, first, second, wait=30)
         assert sum(replies.values()) == 500 and set(replies.values()) == {1}
     finally:
         for proc in (first, second, front):
@@ -260,12 +253,7 @@ def test_a_call_slower_than_the_revoke_grace_is_answered_once(kafka_bootstrap: s
         # The first handler's calls on the moved partitions end without a reply of theirs; let
         # them reach the point where the defect sent one (7 s after they began), then settle.
         time.sleep(3.0)
-        for proc in (first, second):
-            proc.popen.send_signal(signal.SIGTERM)
-            assert proc.popen.wait(60) == 0
-        committed, ends = _committed(kafka_bootstrap, f"{prefix}handlers", f"{prefix}rpctest.v1.Kitchen")
-        assert committed == ends
-        replies = _replies(kafka_bootstrap, f"{prefix}replies", "read_committed")
+        replies = _stop_and_count(kafka_bootstrap, prefix, first, second, wait=60)
         twice = [c.hex() for c, n in replies.items() if n > 1]
         assert not twice, f"{len(twice)} of {len(slow)} slow calls had their reply committed twice"
         assert sum(replies.values()) == len(slow)

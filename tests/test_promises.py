@@ -102,10 +102,7 @@ def test_a_second_signal_exits_at_once(kafka_bootstrap: str, prefix: str, tmp_pa
     try:
         with grpc.insecure_channel(address) as channel:
             hung = kitchen_pb2_grpc.KitchenStub(channel).Hang.future(empty_pb2.Empty(), timeout=60)
-            for _ in range(300):
-                if events.exists() and "hanging" in events.read_text():
-                    break
-                time.sleep(0.1)
+            procs.wait_for_event(events, "hanging", timeout=30)
             victim = worker if process == "handlers" else front
             victim.popen.send_signal(signal.SIGTERM)
             victim.wait_for("stopping")

@@ -195,11 +195,7 @@ def test_a_def_handler_that_never_returns_does_not_keep_the_process_alive(kafka_
     try:
         with grpc.insecure_channel(address) as channel:
             hung = kitchen_pb2_grpc.KitchenStub(channel).Hang.future(empty_pb2.Empty(), timeout=60)
-            for _ in range(300):
-                if events.exists() and "hanging" in events.read_text():
-                    break
-                time.sleep(0.1)
-            assert "hanging" in events.read_text()
+            procs.wait_for_event(events, "hanging", timeout=30)
             worker.popen.send_signal(signal.SIGTERM)
             assert worker.popen.wait(60) == 0, worker.output()
             assert "still running" in worker.output()

@@ -33,19 +33,6 @@ class Stack:
     handler: procs.Proc
 
 
-def _events(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def _wait_for_event(path: Path, line: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if line in _events(path):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"handler never recorded {line!r}; it recorded {_events(path)}")
-
-
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("streaming")
@@ -143,7 +130,7 @@ def test_client_cancel_mid_stream_reaches_the_handler(stack: Stack, method: str,
     assert [item.i for item in first] == [0, 1, 2]
     call.cancel()
     for what in seen:
-        _wait_for_event(stack.events, f"{what} {tag}")
+        procs.wait_for_event(stack.events, f"{what} {tag}")
 
 
 def test_deadline_mid_stream_ends_the_call_and_the_handler_work(stack: Stack) -> None:
@@ -155,7 +142,7 @@ def test_deadline_mid_stream_ends_the_call_and_the_handler_work(stack: Stack) ->
             received += 1
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert received > 3 and time.monotonic() - started < 10
-    _wait_for_event(stack.events, f"inactive {tag}")
+    procs.wait_for_event(stack.events, f"inactive {tag}")
 
 
 def test_hundred_concurrent_streams_interleave(stack: Stack) -> None:
