@@ -57,8 +57,9 @@ class Gateway:
         transport = transport or KafkaTransport(config.replies, {r.topic for r in self.routes.values()}, self.metrics)
         self.requester = Requester(transport, config.default_timeout, self.metrics)
         self.health = HealthServicer()
-        #: Metadata keys seen and not passed on (each logged once).
-        self._dropped_keys: set[str] = set()
+        #: The metadata policy's answer per key seen (fnmatch against every pattern on each call
+        #: is avoidable work on the call path); bounded, as clients choose the keys.
+        self._forwards: dict[str, bool] = {}
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -187,13 +188,18 @@ class Gateway:
 
     def _forwarded(self, context: grpc.aio.ServicerContext) -> wire.Metadata:
         """The call's metadata that may go into Kafka (`--forward-metadata`, `--drop-metadata`)."""
-        metadata = wire.call_metadata(context.invocation_metadata())
-        kept = tuple((k, v) for k, v in metadata if self.config.forwards(k))
-        if len(kept) < len(metadata):
-            for key in {k for k, _ in metadata} - {k for k, _ in kept} - self._dropped_keys:
-                self._dropped_keys.add(key)
-                log.info("metadata %r is not passed on to handlers (--drop-metadata / --forward-metadata)", key)
-        return kept
+        return tuple((k, v) for k, v in wire.call_metadata(context.invocation_metadata()) if self._forwards_key(k))
+
+    def _forwards_key(self, key: str) -> bool:
+        known = self._forwards.get(key)
+        if known is not None:
+            return known
+        if len(self._forwards) >= 4096:
+            self._forwards.clear()
+        known = self._forwards[key] = self.config.forwards(key)
+        if not known:  # logged once per key (again only after the table was cleared)
+            log.info("metadata %r is not passed on to handlers (--drop-metadata / --forward-metadata)", key)
+        return known
 
     async def _open(self, route: Route, context: grpc.aio.ServicerContext, request: bytes | None,
                     key: bytes | None = None) -> Stream:

@@ -12,7 +12,7 @@ from rpctest.v1 import kitchen_pb2_grpc
 
 from tests import procs
 
-pytestmark = [pytest.mark.kafka]
+pytestmark = [pytest.mark.kafka, pytest.mark.engines]
 KITCHEN = ["tests.kitchen_service:Kitchen"]
 SENT = (("authorization", "Bearer s3cr3t-1"), ("x-session-token", "s3cr3t-2"), ("cookie", "id=s3cr3t-3"),
         ("x-user", "ann"), ("x-trace-bin", b"\x01\x02"))
