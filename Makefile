@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 GRPCURL_VERSION := v1.9.4
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help install proto kafka-up kafka-down run test check lint typecheck bench tools clean
+.PHONY: help install proto kafka-up kafka-down kafka-cluster-up kafka-cluster-down run test check lint typecheck bench chaos tools clean
 
 help:
 	@echo "make run        start Kafka, the gRPC frontend (127.0.0.1:50051) and the example handlers"
@@ -14,6 +14,7 @@ help:
 	@echo "make install    create $(VENV) with the project (editable) and dev tools"
 	@echo "make proto      compile protos/ into gen/"
 	@echo "make kafka-up   start the local Kafka broker (or reuse it);  make kafka-down  stop it"
+	@echo "make kafka-cluster-up / kafka-cluster-down   a local three-node Kafka cluster (kafka/cluster.sh)"
 	@echo "make check      ruff and mypy"
 	@echo "make bench      benchmarks (see docs/performance.md)"
 
@@ -44,6 +45,12 @@ kafka-up:
 
 kafka-down:
 	@bash kafka/broker.sh down
+
+kafka-cluster-up:
+	@bash kafka/cluster.sh up
+
+kafka-cluster-down:
+	@bash kafka/cluster.sh down
 
 run: proto kafka-up
 	@bash scripts/run-local.sh

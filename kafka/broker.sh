@@ -34,7 +34,14 @@ SECURE_PORTS=()
 if [[ -n "$SSL_PORT" ]]; then SECURE_PORTS+=("$SSL_PORT"); fi
 if [[ -n "$SASL_PORT" ]]; then SECURE_PORTS+=("$SASL_PORT"); fi
 
-LIBS_DIR="$STATE_DIR/libs"
+# Node of a cluster (kafka/cluster.sh sets these; the defaults are the single-node broker).
+NODE_ID="${KAFKA_NODE_ID:-1}"
+QUORUM_VOTERS="${KAFKA_QUORUM_VOTERS:-$NODE_ID@$HOST:$CONTROLLER_PORT}"
+REPLICATION="${KAFKA_REPLICATION:-1}"
+INTERNAL_PARTITIONS="${KAFKA_INTERNAL_PARTITIONS:-1}"
+EXTRA_PROPERTIES="${KAFKA_EXTRA_PROPERTIES:-}"
+
+LIBS_DIR="${KAFKA_LIBS_DIR:-$STATE_DIR/libs}"
 DATA_DIR="$STATE_DIR/data"
 PROPS="$STATE_DIR/server.properties"
 LOG4J_CONF="$STATE_DIR/log4j2.properties"
@@ -70,6 +77,7 @@ run from Maven Central jars. Needs Java 17+ and Maven (only the first time, to f
 Commands:
   up        Start the broker in the background, or reuse the one already running; waits
             until it accepts connections. Safe to run concurrently (serialised by a lock).
+  libs      Fetch the Kafka jars into the state dir (or KAFKA_LIBS_DIR) and start nothing.
   down      Stop the broker (SIGTERM, then SIGKILL after ${STOP_TIMEOUT}s). Fine if not running.
   status    Print whether the broker is running; exit 0 if it is, 1 if not.
   logs      Print the end of the broker log. Options: -f (follow), -n N (lines, default 100).
@@ -89,6 +97,16 @@ Environment:
   KAFKA_CDS                1 (default): keep a class-data-sharing archive of the broker in the
                            state dir for faster starts (made on the first clean 'down'); 0: off.
   JAVA_HOME                Java to use (default: java on PATH).
+
+Cluster nodes (kafka/cluster.sh sets these for each of its nodes):
+  KAFKA_NODE_ID            KRaft node id (default 1).
+  KAFKA_QUORUM_VOTERS      controller.quorum.voters (default: this node alone).
+  KAFKA_CLUSTER_ID         Cluster id to format new storage with (default: made once per state dir).
+  KAFKA_REPLICATION        Replicas of internal topics and of auto-created topics (default 1);
+                           min.insync.replicas is 2 from 3 replicas up, else 1.
+  KAFKA_INTERNAL_PARTITIONS  Partitions of the offsets and transaction-state topics (default 1).
+  KAFKA_LIBS_DIR           Where the jars are (default \$KAFKA_STATE_DIR/libs).
+  KAFKA_EXTRA_PROPERTIES   Lines appended to server.properties (a later key wins).
 
 Secure listeners (opt-in, beside the PLAINTEXT one; for testing TLS and SASL clients):
   KAFKA_SSL_PORT           Add an SSL listener on $HOST:\$KAFKA_SSL_PORT (TLS, no client
@@ -343,7 +361,7 @@ ensure_libs() {
     fi
     command -v mvn >/dev/null 2>&1 || die "Maven (mvn) is needed to fetch the Kafka jars; install it (e.g. apt-get install maven)"
     log "fetching Apache Kafka $KAFKA_VERSION jars with Maven (first time only)..."
-    local tmp="$STATE_DIR/libs.tmp"
+    local tmp="$LIBS_DIR.tmp"
     rm -rf "$tmp"
     if ! mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
             -DoutputDirectory="$tmp" -DincludeScope=runtime >"$STATE_DIR/mvn.log" 2>&1; then
@@ -358,14 +376,19 @@ ensure_libs() {
     log "jars in $LIBS_DIR ($(find "$LIBS_DIR" -name '*.jar' | wc -l) files)"
 }
 
+# min_isr: min.insync.replicas for REPLICATION replicas (2 of 3 keeps writing with one node down).
+min_isr() {
+    if ((REPLICATION >= 3)); then echo 2; else echo 1; fi
+}
+
 write_config() {
     mkdir -p "$DATA_DIR"
     cat >"$PROPS.tmp" <<EOF
 # Written by kafka/broker.sh on every 'up'; edit the script, not this file.
 # Single-node KRaft: this process is both broker and controller.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@$HOST:$CONTROLLER_PORT
+node.id=$NODE_ID
+controller.quorum.voters=$QUORUM_VOTERS
 listeners=$(listeners_value)
 advertised.listeners=$(advertised_value)
 controller.listener.names=CONTROLLER
@@ -373,20 +396,21 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=$(protocol_map)
 log.dirs=$DATA_DIR
 
-# One broker: every internal topic has a single replica.
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+# Replicas of internal and auto-created topics: 1 for the single broker, 3 in kafka/cluster.sh.
+offsets.topic.replication.factor=$REPLICATION
+transaction.state.log.replication.factor=$REPLICATION
+transaction.state.log.min.isr=$(min_isr)
+share.coordinator.state.topic.replication.factor=$REPLICATION
+share.coordinator.state.topic.min.isr=$(min_isr)
+default.replication.factor=$REPLICATION
+min.insync.replicas=$(min_isr)
 # Fewer internal partitions: faster first consumer-group / transaction use.
-offsets.topic.num.partitions=1
-transaction.state.log.num.partitions=1
+offsets.topic.num.partitions=$INTERNAL_PARTITIONS
+transaction.state.log.num.partitions=$INTERNAL_PARTITIONS
 
 # Development defaults.
 auto.create.topics.enable=true
 num.partitions=1
-default.replication.factor=1
 group.initial.rebalance.delay.ms=0
 # Consumer-protocol groups (KIP-848): let a group ask for a session timeout as short as a classic
 # group's (handlers set theirs, 10 s by default), and reconcile assignments within a second.
@@ -394,6 +418,9 @@ group.consumer.min.session.timeout.ms=6000
 group.consumer.min.heartbeat.interval.ms=500
 group.consumer.heartbeat.interval.ms=1000
 EOF
+    if [[ -n "$EXTRA_PROPERTIES" ]]; then
+        printf '\n# KAFKA_EXTRA_PROPERTIES\n%s\n' "$EXTRA_PROPERTIES" >>"$PROPS.tmp"
+    fi
     if secure; then
         cat >>"$PROPS.tmp" <<EOF
 
@@ -446,7 +473,9 @@ format_storage() {
             scram+=(--add-scram "$mechanism=[name=$SCRAM_USER,password=$SCRAM_PASSWORD]")
         done
     fi
-    if [[ -s "$STATE_DIR/cluster.id" ]]; then
+    if [[ -n "${KAFKA_CLUSTER_ID:-}" ]]; then
+        cluster_id="$KAFKA_CLUSTER_ID"
+    elif [[ -s "$STATE_DIR/cluster.id" ]]; then
         cluster_id="$(cat "$STATE_DIR/cluster.id")"
     else
         cluster_id="$("$JAVA" "${tool_opts[@]}" "$STORAGE_TOOL_MAIN" random-uuid | tail -n1 | tr -d '[:space:]')"
@@ -711,6 +740,7 @@ main() {
     (($#)) && shift
     case "$cmd" in
         up) cmd_up "$@" ;;
+        libs) check_java; take_lock; ensure_libs ;;
         down) cmd_down "$@" ;;
         status) cmd_status "$@" ;;
         logs) cmd_logs "$@" ;;

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
+import time
 from pathlib import Path
+
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from tests import procs
 
@@ -46,3 +50,116 @@ class Broker:
     def down(self) -> None:
         subprocess.run(["bash", "kafka/broker.sh", "down"], cwd=procs.REPO, env=self.env, check=True,
                        capture_output=True, timeout=120)
+
+
+def free_port_run(count: int) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1."""
+    for base in random.sample(range(20000, 60000, count), 200):
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise AssertionError(f"no {count} consecutive free ports found")
+
+
+class Cluster:
+    """A three-node KRaft cluster of its own (kafka/cluster.sh) in `state`, on free ports.
+
+    Nodes are numbered 1-3, as Kafka numbers them (node id = broker id)."""
+
+    NODES = (1, 2, 3)
+
+    def __init__(self, state: Path) -> None:
+        self.base = free_port_run(6)
+        self.env = {**os.environ, "KAFKA_CLUSTER_STATE_DIR": str(state), "KAFKA_CLUSTER_PORT": str(self.base),
+                    # A fresh cluster per session: no class-data archive to write at each exit.
+                    "KAFKA_CDS": "0"}
+        main_libs = procs.REPO / ".kafka" / "libs"
+        if main_libs.is_dir():
+            self.env["KAFKA_LIBS_DIR"] = str(main_libs)  # the jars the single broker fetched
+        self.state = state
+        self.paused: set[int] = set()
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.base + 2 * (n - 1)}" for n in self.NODES)
+
+    def run(self, *args: str, timeout: float = 120) -> str:
+        """Run kafka/cluster.sh with `args`; return its output, or fail with it."""
+        done = subprocess.run(["bash", "kafka/cluster.sh", *args], cwd=procs.REPO, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+        if done.returncode:
+            raise AssertionError(f"kafka/cluster.sh {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    def up(self) -> None:
+        for node in sorted(self.paused):
+            self.resume(node)
+        self.run("up")
+
+    def down(self) -> None:
+        for node in sorted(self.paused):
+            self.resume(node)  # a stopped process cannot act on SIGTERM
+        self.run("down")
+
+    def kill(self, node: int) -> None:
+        """kill -9 the node: a crash."""
+        self.run("kill", str(node))
+
+    def stop(self, node: int) -> None:
+        """SIGTERM: a clean stop (its leaders move first)."""
+        self.run("stop", str(node))
+
+    def start(self, node: int) -> None:
+        self.run("start", str(node))
+
+    def pause(self, node: int) -> None:
+        self.run("pause", str(node))
+        self.paused.add(node)
+
+    def resume(self, node: int) -> None:
+        self.run("resume", str(node))
+        self.paused.discard(node)
+
+    def admin(self) -> AdminClient:
+        return AdminClient({"bootstrap.servers": self.bootstrap, "allow.auto.create.topics": False})
+
+    def leader_of(self, topic: str, partition: int = 0) -> int:
+        """The node leading `topic`'s `partition`."""
+        meta = self.admin().list_topics(topic, timeout=10).topics[topic]
+        assert meta.error is None, meta.error
+        return int(meta.partitions[partition].leader)
+
+    def coordinator_of(self, group: str) -> int:
+        """The node coordinating consumer group `group`."""
+        description = self.admin().describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+        return int(description.coordinator.id)
+
+    def replicas(self, topic: str) -> tuple[int, str]:
+        """`topic`'s replication factor and min.insync.replicas."""
+        admin = self.admin()
+        meta = admin.list_topics(topic, timeout=10).topics[topic]
+        factor = {len(p.replicas) for p in meta.partitions.values()}
+        assert len(factor) == 1, f"partitions of {topic} have different replica counts: {factor}"
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        configs = admin.describe_configs([resource])[resource].result(timeout=15)
+        return factor.pop(), configs["min.insync.replicas"].value
+
+    def wait_in_sync(self, timeout: float = 90) -> None:
+        """Wait until every partition of every topic has a leader and all three replicas in sync."""
+        deadline = time.monotonic() + timeout
+        lagging: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                topics = self.admin().list_topics(timeout=5).topics
+                lagging = [f"{name}-{p.id} isr={p.isrs} leader={p.leader}" for name, meta in topics.items()
+                           for p in meta.partitions.values() if p.leader < 0 or len(p.isrs) < len(self.NODES)]
+                if not lagging:
+                    return
+            except Exception as exc:  # a node still starting: ask again
+                lagging = [repr(exc)]
+            time.sleep(0.5)
+        raise AssertionError(f"partitions not in sync after {timeout}s: {lagging[:10]}")

@@ -7,9 +7,12 @@ import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.brokers import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,6 +49,26 @@ def kafka_bootstrap() -> str:
     if not _reachable(address):
         subprocess.run(["bash", str(REPO / "kafka" / "broker.sh"), "up"], check=True)
     return address
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Iterator[Cluster]:
+    """A three-node KRaft cluster (kafka/cluster.sh) of this session's own, started on first use.
+
+    It depends on `kafka_bootstrap` for the jars the single broker fetched."""
+    cluster = Cluster(tmp_path_factory.mktemp("kafka-cluster"))
+    cluster.up()
+    yield cluster
+    cluster.down()
+
+
+@pytest.fixture
+def cluster(kafka_cluster: Cluster) -> Cluster:
+    """The session's cluster with all three nodes running and every partition fully replicated
+    (a test before may have killed, stopped or paused nodes)."""
+    kafka_cluster.up()
+    kafka_cluster.wait_in_sync()
+    return kafka_cluster
 
 
 @pytest.fixture

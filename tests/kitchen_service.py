@@ -80,6 +80,10 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
     def Grow(self, request, context):
         return kitchen_pb2.Item(i=request.n, data=b"x" * request.size)
 
+    def Tally(self, request, context):
+        _event(f"ran {request.tag} {os.getpid()}")
+        return kitchen_pb2.Item(i=os.getpid(), tag=request.tag)
+
     def KeyedCountUp(self, request, context):
         yield from self.CountUp(request, context)
 
