@@ -9,12 +9,20 @@ number of topics does not grow with the number of instances.
 Offsets are never committed: a partition's position is resolved to its end when the
 instance is given it, before any request names it, so no reply is missed and no
 stale reply is read.
+
+A partition *lost* with the group session (the group's coordinator was unreachable for the
+session timeout: a broker failover takes about as long) is not given up at once: requests
+go on naming it, and its calls go on waiting, for up to `LOST_GRACE` seconds. When the group
+gives it back, reading goes on from where it stopped (the Kafka layer keeps the position),
+so the replies sent meanwhile are read. Only if it does not come back in time do its calls
+end UNAVAILABLE, as when a rebalance moves a partition to another frontend.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from adapter import wire
@@ -30,6 +38,9 @@ OnReplies = Callable[[list[wire.Reply | wire.Frame]], None]
 OnPartitions = Callable[[frozenset[int]], None]
 #: Records taken from the consumer per poll: one hand-over to the event loop each.
 BATCH = 1000
+#: Seconds a reply partition lost with the group session stays ours, waiting to come back:
+#: longer than a coordinator failover (the broker session, 9 s by default, plus a rejoin).
+LOST_GRACE = 30.0
 
 
 class ReplyListener:
@@ -50,6 +61,8 @@ class ReplyListener:
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
         self._owned: set[int] = set()
+        #: Partitions lost with the group session, still named by requests: when each was lost.
+        self._lost: dict[int, float] = {}
         self._error: BaseException | None = None
         self.malformed = 0
         self._malformed_total = (metrics if metrics is not None else FrontendMetrics()).replies_malformed
@@ -67,19 +80,43 @@ class ReplyListener:
         self._thread.join(timeout=10)
 
     def _assigned(self, partitions: list[Partition]) -> None:
-        # The engine set each position to the partition's end before telling us.
+        # The engine set each position before telling us: the partition's end, or where reading
+        # stopped if it was lost with the group session.
+        back = sorted(p for _, p in partitions if self._lost.pop(p, None) is not None)
+        if back:
+            log.warning("reply partitions %s are back: their calls go on", back)
         self._owned.update(p for _, p in partitions)
         log.info("reading replies from %s partitions %s", self._config.reply_topic, sorted(self._owned))
         self._on_partitions(frozenset(self._owned))
 
     def _revoked(self, partitions: list[Partition], lost: bool) -> Offsets | None:
-        gone = {p for _, p in partitions}
-        if gone & self._owned:
-            self._owned -= gone
-            why = "at shutdown" if self._stopping.is_set() else "to another frontend"
-            log.info("reply partitions %s moved %s", sorted(gone), why)
-            self._on_partitions(frozenset(self._owned))
+        gone = {p for _, p in partitions} & self._owned
+        if not gone:
+            return None
+        if lost and not self._stopping.is_set():
+            now = time.monotonic()
+            self._lost.update({p: now for p in gone if p not in self._lost})
+            log.warning("reply partitions %s lost with the group session (coordinator unreachable?): their calls "
+                        "wait up to %gs for them to come back", sorted(gone), LOST_GRACE)
+            return None
+        self._owned -= gone
+        for p in gone:
+            self._lost.pop(p, None)
+        why = "at shutdown" if self._stopping.is_set() else "to another frontend"
+        log.info("reply partitions %s moved %s", sorted(gone), why)
+        self._on_partitions(frozenset(self._owned))
         return None
+
+    def _expire_lost(self) -> None:
+        """Give up partitions lost longer than LOST_GRACE ago: their calls end UNAVAILABLE."""
+        now = time.monotonic()
+        expired = {p for p, since in self._lost.items() if now - since > LOST_GRACE}
+        if expired:
+            for p in expired:
+                del self._lost[p]
+            self._owned -= expired
+            log.warning("reply partitions %s did not come back within %gs: their calls end", sorted(expired), LOST_GRACE)
+            self._on_partitions(frozenset(self._owned))
 
     def _deliver(self, records: list[Record]) -> None:
         replies: list[wire.Reply | wire.Frame] = []
@@ -118,6 +155,8 @@ class ReplyListener:
                     log.warning("reading replies failed, retrying in 1s: %s", exc)
                     self._stopping.wait(1.0)
                     continue
+                if self._lost:
+                    self._expire_lost()
                 try:
                     self._deliver(records)
                 except Exception:

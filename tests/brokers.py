@@ -82,6 +82,7 @@ class Cluster:
             self.env["KAFKA_LIBS_DIR"] = str(main_libs)  # the jars the single broker fetched
         self.state = state
         self.paused: set[int] = set()
+        self._admin: AdminClient | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -125,7 +126,10 @@ class Cluster:
         self.paused.discard(node)
 
     def admin(self) -> AdminClient:
-        return AdminClient({"bootstrap.servers": self.bootstrap, "allow.auto.create.topics": False})
+        """An admin client of the cluster (kept: a dropped AdminClient never completes its futures)."""
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap, "allow.auto.create.topics": False})
+        return self._admin
 
     def leader_of(self, topic: str, partition: int = 0) -> int:
         """The node leading `topic`'s `partition`."""

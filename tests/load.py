@@ -116,7 +116,7 @@ class Load:
                 call.code = "HUNG"
             call.ended = time.monotonic()
             if call.code != "OK":
-                await asyncio.sleep(0.05)  # no hot loop against a frontend that fails fast
+                await asyncio.sleep(0.2)  # back off, as clients do, from a frontend that fails fast
 
     def report(self, events: Path, requested: set[str] | None = None) -> Report:
         """The figures, from the calls, the handlers' `events` file, and the tags of the request

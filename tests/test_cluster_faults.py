@@ -177,6 +177,17 @@ def test_reply_partition_leader_killed(cluster: Cluster, prefix: str, tmp_path: 
         r.finish("reply partition leader killed", recovered_s=round(recovered, 1))
 
 
+def test_reply_group_coordinator_killed(cluster: Cluster, prefix: str, tmp_path: Path) -> None:
+    """The frontends' reply group loses its coordinator: the frontend keeps its reply partitions
+    (lost with the group session, then given back) and reads on where it stopped: no call fails."""
+    with rig(cluster, prefix, tmp_path) as r:
+        node = cluster.coordinator_of(f"kafka-rpc-frontends.{r.reply_topic}")
+        recovered = _kill_and_recover(r, node, "reply group coordinator")
+        report = r.finish("reply group coordinator killed", recovered_s=round(recovered, 1))
+        assert "moved to another frontend" not in r.front.output()
+        assert not report.failed, report.line("reply group coordinator killed")
+
+
 def test_group_coordinator_killed(cluster: Cluster, prefix: str, tmp_path: Path) -> None:
     with rig(cluster, prefix, tmp_path) as r:
         node = cluster.coordinator_of(r.group)

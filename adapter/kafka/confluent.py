@@ -338,11 +338,16 @@ class _Consumer:
         self._assigned: set[Partition] = set()
         #: Committed offsets of partitions not read since their assignment (for `lag`).
         self._starts: dict[Partition, int] = {}
+        #: from_end: the next offset to read of each assigned partition, and of those lost with
+        #: the group session (read on from there if they come back).
+        self._positions: dict[Partition, int] = {}
+        self._lost_at: dict[Partition, int] = {}
 
     def subscribe(self, topics: list[str], on_assign: OnAssign, on_revoke: OnRevoke) -> None:
         def assigned(consumer: Consumer, tps: list[TP]) -> None:
             if self._from_end:
-                tps = [self._at_end(tp) for tp in tps]
+                tps = [self._resume_or_end(tp) for tp in tps]
+                self._positions.update({(tp.topic, tp.partition): tp.offset for tp in tps if tp.offset >= 0})
             consumer.incremental_assign(tps)
             parts = [(tp.topic, tp.partition) for tp in tps]
             self._assigned.update(parts)
@@ -360,11 +365,22 @@ class _Consumer:
                 self._assigned.difference_update(parts)
                 for part in parts:
                     self._starts.pop(part, None)
+                    position = self._positions.pop(part, None)
+                    if lost and position is not None:
+                        self._lost_at[part] = position
                 consumer.incremental_unassign(tps)
 
         with translated(f"subscribing to {', '.join(topics)}"):
             self.raw.subscribe(topics, on_assign=assigned, on_revoke=revoked,
                                on_lost=lambda consumer, tps: revoked(consumer, tps, True))
+
+    def _resume_or_end(self, tp: TP) -> TP:
+        position = self._lost_at.pop((tp.topic, tp.partition), None)
+        if position is not None:
+            log.info("%s/%d is back after a lost group session: reading on from offset %d",
+                     tp.topic, tp.partition, position)
+            return TP(tp.topic, tp.partition, position)
+        return self._at_end(tp)
 
     def _at_end(self, tp: TP) -> TP:
         # The end offset now, before any request may name the partition: its reply cannot fall
@@ -403,6 +419,9 @@ class _Consumer:
             # A header's value may be None (a null header): the wire module reads those as empty.
             records.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(),  # type: ignore[arg-type]
                                   m.headers() or []))  # type: ignore[arg-type]
+        if self._from_end:
+            for r in records:
+                self._positions[(r.topic, r.partition)] = r.offset + 1
         return records
 
     def pause(self, partitions: list[Partition]) -> None:

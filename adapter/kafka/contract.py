@@ -158,8 +158,11 @@ class Engine(Protocol):
                  max_records: int = 500, protocol: str = "classic",
                  on_commit_failed: OnCommitFailed | None = None) -> Consumer:
         """A group member. `from_end`: newly assigned partitions start at their end offset, resolved
-        before `on_assign` runs, and offsets are never committed (reply readers). Else reading
-        starts at the committed offset, or the beginning.
+        before `on_assign` runs, and offsets are never committed (reply readers); a partition
+        *lost* with the group session (its coordinator unreachable for the session timeout, as
+        in a broker failover) that comes back to this consumer is read on from where reading
+        stopped, so records written meanwhile are not skipped. Else reading starts at the
+        committed offset, or the beginning.
 
         `protocol`: ``classic`` (cooperative rebalancing, the client's assignor) or ``consumer``
         (KIP-848: the broker assigns each topic's partitions evenly, the `range` assignor).

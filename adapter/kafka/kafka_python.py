@@ -349,6 +349,7 @@ class _Listener(ConsumerRebalanceListener):
             return
         parts = sorted((tp.topic, tp.partition) for tp in tps)
         self._owner.unresolved.difference_update(parts)
+        self._owner.forget(parts, lost)
         offsets = self._on_revoke(parts, lost)
         if offsets and not lost:
             # A blocking commit is refused on this thread; the asynchronous one still goes out
@@ -373,6 +374,17 @@ class _Consumer:
         self._on_commit_failed = on_commit_failed
         self.unresolved: set[Partition] = set()
         self._on_assign: OnAssign | None = None
+        #: from_end: the next offset to read of each assigned partition, and of those lost with
+        #: the group session (read on from there if they come back).
+        self._positions: dict[Partition, int] = {}
+        self._lost_at: dict[Partition, int] = {}
+
+    def forget(self, parts: list[Partition], lost: bool) -> None:
+        """Partitions revoked or lost (on kafka-python's I/O thread, while `poll` runs)."""
+        for part in parts:
+            position = self._positions.pop(part, None)
+            if lost and position is not None:
+                self._lost_at[part] = position
 
     def subscribe(self, topics: list[str], on_assign: OnAssign, on_revoke: OnRevoke) -> None:
         self._on_assign = on_assign
@@ -387,6 +399,10 @@ class _Consumer:
             batches = self.raw.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
             if self.unresolved:
                 self._resolve()
+        if self.from_end:
+            for tp, records in batches.items():
+                if records:
+                    self._positions[(tp.topic, tp.partition)] = records[-1].offset + 1
         return [Record(r.topic, r.partition, r.offset, r.key, r.value, [(n, bytes(v or b"")) for n, v in r.headers or ()])
                 for records in batches.values() for r in records]
 
@@ -396,9 +412,16 @@ class _Consumer:
         parts = sorted(self.unresolved)
         for t, p in parts:
             tp = TopicPartition(t, p)
-            self.raw.seek_to_end(tp)
+            resume = self._lost_at.pop((t, p), None)
+            if resume is not None:
+                log.info("%s/%d is back after a lost group session: reading on from offset %d", t, p, resume)
+                self.raw.seek(tp, resume)
+            else:
+                self.raw.seek_to_end(tp)
             # Bounded: a failure leaves the partition unresolved, and the next poll tries again.
-            self.raw.position(tp, timeout_ms=10_000)
+            position = self.raw.position(tp, timeout_ms=10_000)
+            if position is not None:
+                self._positions[(t, p)] = position
         self.unresolved.clear()
         assert self._on_assign is not None
         self._on_assign(parts)
