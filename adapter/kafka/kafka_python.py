@@ -187,7 +187,11 @@ class KafkaPythonEngine:
         settings = self._settings(acks="all", linger_ms=0, max_request_size=record_limit(self.config), max_block_ms=5000,
                                   allow_auto_create_topics=False,
                                   transactional_id=transactional_id, transaction_timeout_ms=int(timeout * 1000),
-                                  retry_backoff_ms=10)
+                                  retry_backoff_ms=10,
+                                  # kafka-python waits this long for a dead transaction coordinator's
+                                  # connection before it looks the coordinator up again (30 s by
+                                  # default: a broker crash stalled exactly-once handlers for minutes).
+                                  request_timeout_ms=5000)
         with self._connecting():
             producer = _TransactionalProducer(_no_auto_create(KafkaProducer(**settings)))
         try:
@@ -314,22 +318,37 @@ class _Producer:
 
 
 class _TransactionalProducer(_Producer):
+    #: How long a transaction request may wait for its coordinator. kafka-python's own
+    #: commit/abort/send_offsets wait for ever, and after the coordinator's broker crashed
+    #: (3.0.12) they were seen never to return: the handler stalled for good. A timeout makes it a
+    #: TransportError, and the handler replaces the producer, which finds the new coordinator.
+    WAIT = 10.0
+
     def begin(self) -> None:
         with translated("beginning a transaction"):
             self.raw.begin_transaction()
 
     def commit(self, offsets: Offsets, group_metadata: Any) -> None:
         self._sent_later()  # what was sent into this transaction is in it
+        manager = self.raw._transaction_manager
         with translated("committing a transaction"):
             if offsets:
                 commit = {TopicPartition(t, p): OffsetAndMetadata(o, meta, -1) for (t, p), (o, meta) in offsets.items()}
-                self.raw.send_offsets_to_transaction(commit, group_metadata)
-            self.raw.commit_transaction()
+                self._bounded("sending offsets to the transaction", lambda: manager.send_offsets_to_transaction(
+                    commit, group_metadata))
+            self._bounded("committing a transaction", manager.begin_commit)
 
     def abort(self) -> None:
         self._sent_later()
         with translated("aborting a transaction"):
-            self.raw.abort_transaction()
+            self._bounded("aborting a transaction", self.raw._transaction_manager.begin_abort)
+
+    def _bounded(self, what: str, start: Callable[[], Any]) -> None:
+        # What KafkaProducer.commit_transaction() and its siblings do, with a bounded wait.
+        result = start()
+        self.raw._sender.wakeup()
+        if not result.wait(timeout_ms=int(self.WAIT * 1000)):
+            raise TransportError(f"{what}: no answer from the transaction coordinator within {self.WAIT:g}s")
 
 
 class _Listener(ConsumerRebalanceListener):
