@@ -17,6 +17,7 @@ help:
 	@echo "make kafka-cluster-up / kafka-cluster-down   a local three-node Kafka cluster (kafka/cluster.sh)"
 	@echo "make check      ruff and mypy"
 	@echo "make bench      benchmarks (see docs/performance.md)"
+	@echo "make chaos      a 10-minute soak under random faults on a three-node cluster (CHAOS_ARGS=--help)"
 
 install: $(VENV)/.installed
 
@@ -69,6 +70,9 @@ lint: check
 bench: proto kafka-up
 	$(BIN)/pip install -q -r bench/requirements.txt
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+chaos: proto
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf gen .pytest_cache .mypy_cache .ruff_cache

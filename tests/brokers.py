@@ -7,10 +7,13 @@ import random
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from adapter import wire
 from tests import procs
 
 
@@ -24,7 +27,8 @@ class Broker:
     """A broker of its own in `state`, on free ports; `env` adds kafka/broker.sh settings."""
 
     def __init__(self, state: Path, **env: str) -> None:
-        self.port, self.controller = free_port(), free_port()
+        self.port = free_port_run(2)  # restarted on the same ports: outside the ephemeral range
+        self.controller = self.port + 1
         self.env = {**os.environ, "KAFKA_STATE_DIR": str(state), "KAFKA_PORT": str(self.port),
                     "KAFKA_CONTROLLER_PORT": str(self.controller), **env}
         self.env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
@@ -53,8 +57,14 @@ class Broker:
 
 
 def free_port_run(count: int) -> int:
-    """The first of `count` consecutive free ports on 127.0.0.1."""
-    for base in random.sample(range(20000, 60000, count), 200):
+    """The first of `count` consecutive free ports on 127.0.0.1, below the ephemeral range: a
+    killed broker's port must still be free when it starts again, and a port in that range may
+    meanwhile be taken as the local end of some client's connection."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    for base in random.sample(range(10000, ephemeral - count, count), 200):
         try:
             for port in range(base, base + count):
                 with socket.socket() as s:
@@ -72,11 +82,11 @@ class Cluster:
 
     NODES = (1, 2, 3)
 
-    def __init__(self, state: Path) -> None:
-        self.base = free_port_run(6)
+    def __init__(self, state: Path, base: int | None = None, cds: bool = False) -> None:
+        self.base = base or free_port_run(6)
         self.env = {**os.environ, "KAFKA_CLUSTER_STATE_DIR": str(state), "KAFKA_CLUSTER_PORT": str(self.base),
-                    # A fresh cluster per session: no class-data archive to write at each exit.
-                    "KAFKA_CDS": "0"}
+                    # Off for a cluster per test session: no class-data archive written at each exit.
+                    "KAFKA_CDS": "1" if cds else "0"}
         main_libs = procs.REPO / ".kafka" / "libs"
         if main_libs.is_dir():
             self.env["KAFKA_LIBS_DIR"] = str(main_libs)  # the jars the single broker fetched
@@ -167,3 +177,51 @@ class Cluster:
                 lagging = [repr(exc)]
             time.sleep(0.5)
         raise AssertionError(f"partitions not in sync after {timeout}s: {lagging[:10]}")
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """`topic`'s end offset per partition."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "offsets-reader", "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+    finally:
+        consumer.close()
+
+
+def read_records(bootstrap: str, topic: str, isolation: str) -> Iterator[tuple[list[tuple[str, bytes]] | None, bytes | None]]:
+    """Every record of `topic`, from the beginning to the end offsets (read_committed: the last stable offsets)."""
+    ends = end_offsets(bootstrap, topic)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False,
+                         "isolation.level": isolation, "enable.partition.eof": True})
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        left = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + 60
+        while left and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            error, partition, offset = message.error(), message.partition() or 0, message.offset() or 0
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    left.discard(partition)
+                continue
+            if offset + 1 >= ends[partition]:
+                left.discard(partition)
+            yield message.headers(), message.value()  # type: ignore[misc]
+        assert not left, f"could not read {topic} to its end: partitions {left} left"
+    finally:
+        consumer.close()
+
+
+def requests_in(bootstrap: str, topic: str) -> list[wire.Request]:
+    """Every request record of `topic` (stream frames left out)."""
+    return [r for r in (wire.decode_request(h, v) for h, v in read_records(bootstrap, topic, "read_uncommitted"))
+            if isinstance(r, wire.Request)]
+
+
+def replies_in(bootstrap: str, topic: str) -> list[wire.Reply]:
+    """Every committed final reply of `topic` (read_committed; stream frames left out)."""
+    return [r for r in (wire.decode_reply(h, v) for h, v in read_records(bootstrap, topic, "read_committed"))
+            if isinstance(r, wire.Reply)]

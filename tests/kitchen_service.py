@@ -71,6 +71,7 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
         return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
 
     def Once(self, request, context):
+        _event(f"once {request.customer} {os.getpid()}")
         return kitchen_pb2.WhoamiReply(pid=os.getpid(), peer=context.peer())
 
     def Hang(self, request, context):
@@ -93,7 +94,7 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"failed at {i}")
             if request.delay:
                 time.sleep(request.delay)
-            yield kitchen_pb2.Item(i=i, data=b"x" * request.size)
+            yield kitchen_pb2.Item(i=i, data=b"x" * request.size, tag=request.tag)
         context.set_trailing_metadata((("x-count", str(request.n)),))
 
     async def AsyncCountUp(self, request, context):

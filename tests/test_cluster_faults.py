@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 from rpctest.v1 import kitchen_pb2
 
-from adapter import wire
 from tests import procs
-from tests.brokers import Cluster, free_port
+from tests.brokers import Cluster, end_offsets, free_port, replies_in, requests_in
 from tests.load import Load, Report
 
 #: Every engine (.ci/run repeats it with KAFKA_RPC_KAFKA_CLIENT=kafka-python), on the cluster.
@@ -93,7 +92,7 @@ class Rig:
         committed: dict[int, int] = {}
         ends: dict[int, int] = {}
         while time.monotonic() < deadline:
-            ends = _end_offsets(self.cluster.bootstrap, self.request_topic)
+            ends = end_offsets(self.cluster.bootstrap, self.request_topic)
             try:
                 result = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(self.group)])[self.group]
                 committed = {tp.partition: tp.offset for tp in result.result(timeout=10).topic_partitions
@@ -109,7 +108,7 @@ class Rig:
     def requested(self) -> set[str]:
         """The tags of every request record in the request topic."""
         return {kitchen_pb2.Count.FromString(request.payload).tag
-                for request in _requests(self.cluster.bootstrap, self.request_topic)}
+                for request in requests_in(self.cluster.bootstrap, self.request_topic)}
 
     def finish(self, name: str, **extra: object) -> Report:
         """Stop the load, let the handlers commit everything, and check and print the figures."""
@@ -219,8 +218,8 @@ def test_exactly_once_through_leader_and_coordinator_kills(cluster: Cluster, pre
         # and a request has none only if its deadline passed first (the handler then answers
         # nothing: its caller has gone with DEADLINE_EXCEEDED).
         tags = {request.correlation_id: kitchen_pb2.Count.FromString(request.payload).tag
-                for request in _requests(cluster.bootstrap, r.request_topic)}
-        replies = Counter(reply.correlation_id for reply in _replies(cluster.bootstrap, r.reply_topic)
+                for request in requests_in(cluster.bootstrap, r.request_topic)}
+        replies = Counter(reply.correlation_id for reply in replies_in(cluster.bootstrap, r.reply_topic)
                           if reply.correlation_id in tags)
         twice = {cid: n for cid, n in replies.items() if n > 1}
         codes = {c.tag: c.code for c in r.load.calls}
@@ -247,47 +246,3 @@ def test_broker_handler_and_frontend_crash_together(cluster: Cluster, prefix: st
         cluster.start(node)
         time.sleep(2)
         r.finish("broker, handler and frontend crash together", recovered_s=round(recovered, 1))
-
-
-def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "offsets-reader", "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
-    finally:
-        consumer.close()
-
-
-def _read(bootstrap: str, topic: str, isolation: str) -> Iterator[tuple[list[tuple[str, bytes]] | None, bytes | None]]:
-    """Every record of `topic`, from the beginning to the end offsets (read_committed: the last stable offsets)."""
-    ends = _end_offsets(bootstrap, topic)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False,
-                         "isolation.level": isolation, "enable.partition.eof": True})
-    try:
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        left = {p for p, end in ends.items() if end > 0}
-        deadline = time.monotonic() + 60
-        while left and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    left.discard(message.partition())
-                continue
-            if message.offset() + 1 >= ends[message.partition()]:
-                left.discard(message.partition())
-            yield message.headers(), message.value()
-        assert not left, f"could not read {topic} to its end: partitions {left} left"
-    finally:
-        consumer.close()
-
-
-def _requests(bootstrap: str, topic: str) -> list[wire.Request]:
-    return [r for r in (wire.decode_request(h, v) for h, v in _read(bootstrap, topic, "read_uncommitted"))
-            if isinstance(r, wire.Request)]
-
-
-def _replies(bootstrap: str, topic: str) -> list[wire.Reply]:
-    return [r for r in (wire.decode_reply(h, v) for h, v in _read(bootstrap, topic, "read_committed"))
-            if isinstance(r, wire.Reply)]
