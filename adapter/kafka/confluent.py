@@ -223,6 +223,8 @@ class ConfluentEngine:
         # librdkafka retries a failing connection for ever; a refused password, certificate or
         # protocol will not fix itself, so those end the wait at once.
         deadline = time.monotonic() + timeout
+        protocol = str(self.config.client_options.get("security.protocol", "PLAINTEXT"))
+        tls_checked = False
         while True:
             try:
                 # DescribeCluster: a metadata request would list every topic of the cluster, which
@@ -233,6 +235,10 @@ class ConfluentEngine:
             except (KafkaException, TimeoutError) as exc:
                 client.poll(0)  # serves the error callback: why the connection failed
                 hopeless = any(word in said for said in errors.last for word in _HOPELESS)
+                if not hopeless and not tls_checked and any("Disconnected" in said for said in errors.last):
+                    # A plaintext client at a TLS listener is only ever disconnected: look once.
+                    tls_checked = True
+                    hopeless = bool(tls_hint(self.config.bootstrap_servers[0], protocol, "security.protocol"))
                 if hopeless or time.monotonic() >= deadline:
                     raise TransportError(self._explain(exc, errors)) from exc
 

@@ -13,9 +13,11 @@ One module for the whole engine (~430 lines), on purpose: it reads top to bottom
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -409,9 +411,9 @@ class _Consumer:
         self._on_assign = on_assign
         with translated(f"subscribing to {', '.join(topics)}"):
             self.raw.subscribe(topics, listener=_Listener(self, on_assign, on_revoke))
-            # Metadata after subscribing, before the first poll: else the group is joined twice.
-            for topic in topics:
-                self.raw.partitions_for_topic(topic)
+        # Metadata after subscribing, before the first poll: else the group is joined twice.
+        for topic in topics:
+            _retrying(f"subscribing to {topic}", functools.partial(self.raw.partitions_for_topic, topic))
 
     def poll(self, timeout: float, max_records: int) -> list[Record]:
         with translated("fetching"):
@@ -530,15 +532,13 @@ class _Admin:
 
     def ensure_topics(self, partitions: Mapping[str, int]) -> None:
         client = self._client or self._connect(30.0)
-        with translated("listing topics"):
-            existing = set(client.list_topics())
+        existing = set(_retrying("listing topics", client.list_topics))
         missing = sorted(set(partitions) - existing)
         if not missing:
             return
         if not self._config.create_topics:
             raise MissingTopic(f"topic(s) missing and topic creation is off: {', '.join(missing)}")
-        with translated("describing the cluster"):
-            brokers = len(client.describe_cluster()["brokers"])
+        brokers = len(_retrying("describing the cluster", client.describe_cluster)["brokers"])
         replication, settings = new_topic_settings(self._config, brokers)
         new = [NewTopic(name, partitions[name], replication, topic_configs=settings) for name in missing]
         try:
@@ -555,7 +555,7 @@ class _Admin:
             try:
                 if self._client is None:
                     self._client = self._connect(timeout)
-                self._client.describe_cluster()
+                _retrying("checking the cluster", self._client.describe_cluster, timeout)
                 return True
             except Exception as exc:  # any failure means "not reachable now"
                 log.debug("kafka health check failed: %s", exc)
@@ -567,3 +567,25 @@ class _Admin:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+#: kafka-python errors of one unreachable broker: another may answer the same request.
+_ONE_BROKER_AWAY = (kafka_errors.KafkaConnectionError, kafka_errors.NodeNotReadyError, kafka_errors.RequestTimedOutError,
+                    kafka_errors.KafkaTimeoutError)
+
+
+def _retrying(what: str, call: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """`call()`, tried again for up to `timeout` s while it fails on one unreachable broker.
+
+    kafka-python's admin client sends a request to one broker and reports that broker's
+    connection error: with one node of a cluster down, a frontend could not even start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with translated(what):
+                return call()
+        except TransportError as exc:
+            if not isinstance(exc.__cause__, _ONE_BROKER_AWAY) or time.monotonic() >= deadline:
+                raise
+            log.debug("%s failed, trying again: %s", what, exc)
+            time.sleep(0.5)
