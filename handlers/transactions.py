@@ -28,14 +28,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from adapter.config import WorkerConfig
-from adapter.errors import TransactionAborted
+from adapter.errors import TransactionAborted, TransportError
 from adapter.kafka import Engine, TransactionalProducer
 from adapter.kafka.handoff import Handoff, deliver
 from adapter.metrics import HandlerMetrics
@@ -47,6 +48,51 @@ log = logging.getLogger(__name__)
 
 #: Longest commit metadata we write: brokers refuse more than offset.metadata.max.bytes (4096 by default).
 MAX_METADATA = 4000
+#: Longest a transactional call may block before the producer counts as stuck and is replaced.
+#: The engines give each call 30 s, but librdkafka's send_offsets_to_transaction does not always
+#: keep its timeout when the group coordinator dies (librdkafka issues 5456 and 5511): a handler
+#: stalled for good in the cluster fault tests.
+STUCK_AFTER = 45.0
+
+
+class _Lane:
+    """One daemon thread that runs blocking calls in order. A call stuck for good can be left
+    behind with its lane: daemon threads do not hold up the process's exit, as an executor's do."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], Callable[[], Any]] | None] = \
+            queue.SimpleQueue()
+        threading.Thread(target=self._run, name="transactions", daemon=True).start()
+
+    def run(self, func: Callable[[], Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((loop, future, func))
+        return future
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            loop, future, func = item
+            try:
+                result, error = func(), None
+            except BaseException as exc:
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is closed
+                return
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class Transactions:
@@ -76,7 +122,7 @@ class Transactions:
         self._again = False
         self._held_logged = 0.0
         # One thread: the producer's transactional calls block, and must never run at once.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transactions")
+        self._lane = _Lane()
 
     async def start(self) -> None:
         """Create the producer, fence an earlier process with the same id, open a transaction."""
@@ -214,6 +260,8 @@ class Transactions:
 
     async def _abort(self) -> None:
         try:
+            if self._producer is None:  # left behind, stuck: a new one fences it
+                raise TransportError("the transactional producer was stuck")
             await self._blocking(self._abort_and_begin)
         except Exception as exc:
             # Fenced by a newer process with our id, or the producer is broken: start afresh.
@@ -253,7 +301,19 @@ class Transactions:
         await self.commit()
         self._closed = True
         await self._blocking(self._producer.close, 5)
-        self._thread.shutdown(wait=False)
+        self._lane.close()
 
     async def _blocking(self, func: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
+        """`func(*args)` on the lane; a call still blocked after STUCK_AFTER leaves the lane and
+        the producer behind (neither is used again) and raises TransportError."""
+        future = self._lane.run(lambda: func(*args))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), STUCK_AFTER)
+        except TimeoutError:
+            name = getattr(func, "__name__", repr(func))
+            log.error("the transactional producer has not returned from %s for %gs (a Kafka client bug): leaving "
+                      "it behind; a new producer fences it and the calls run again", name, STUCK_AFTER)
+            self._lane.close()
+            self._lane = _Lane()
+            self._producer = None
+            raise TransportError(f"{name} did not return within {STUCK_AFTER:g}s") from None

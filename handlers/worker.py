@@ -30,7 +30,7 @@ import grpc
 
 from adapter import wire
 from adapter.config import WorkerConfig, check_topic
-from adapter.errors import ConfigError, MalformedRecord, RecordRefused, TransactionAborted
+from adapter.errors import ConfigError, MalformedRecord, RecordRefused, TransactionAborted, TransportError
 from adapter.kafka import Consumer, Offsets, Producer, Record, open_engine
 from adapter.kafka.handoff import Handoff, deliver
 from adapter.logs import record_fields
@@ -490,7 +490,13 @@ class Worker:
         self.tracker.forget()
         self._origins.clear()
         self._windows.clear()
-        await self._on_kafka_thread(self._seek_committed, self._generation)
+        while True:
+            try:
+                await self._on_kafka_thread(self._seek_committed, self._generation)
+                return
+            except TransportError as exc:  # the group's coordinator is moving (a broker failover): ask again
+                log.warning("reading the committed offsets to run again from failed, retrying in 1s: %s", exc)
+                await asyncio.sleep(1.0)
 
     def _seek_committed(self, generation: int) -> None:
         consumer, fetcher = self._consumer, self._fetcher
