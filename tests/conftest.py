@@ -95,6 +95,16 @@ def grpcurl() -> str:
     return str(path)
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The cluster fault tests' figures (tests/load.py), whatever pytest captured."""
+    from tests.load import REPORTED
+
+    if REPORTED:
+        terminalreporter.section("cluster faults: what became of every call")
+        for line in REPORTED:
+            terminalreporter.write_line(line)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Stop processes a failed test left running (a passing test stops its own)."""
     from tests import procs

@@ -19,6 +19,8 @@ from pathlib import Path
 import grpc
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
+#: Every report line of this test session, printed again at its end (tests/conftest.py).
+REPORTED: list[str] = []
 #: How long past its deadline a call may take to end before it counts as never answered.
 HANG_GRACE = 5.0
 #: How long past its deadline a call may end and still count as ending "within its deadline":

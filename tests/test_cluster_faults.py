@@ -26,7 +26,8 @@ from rpctest.v1 import kitchen_pb2
 
 from tests import procs
 from tests.brokers import Cluster, end_offsets, free_port, replies_in, requests_in
-from tests.load import Load, Report
+from tests.conftest import engine
+from tests.load import REPORTED, Load, Report
 
 #: Every engine (.ci/run repeats it with KAFKA_RPC_KAFKA_CLIENT=kafka-python), on the cluster.
 pytestmark = [pytest.mark.kafka, pytest.mark.engines, pytest.mark.cluster]
@@ -117,6 +118,7 @@ class Rig:
         report = self.load.report(self.events, self.requested())
         report.extra.update(extra)
         print(report.line(name))
+        REPORTED.append(f"[{engine()}] {report.line(name)}")
         assert report.made > CALLERS, report.line(name)
         assert report.wrong_caller == 0, report.line(name)
         assert report.unanswered == 0, report.line(name)
@@ -224,8 +226,10 @@ def test_exactly_once_through_leader_and_coordinator_kills(cluster: Cluster, pre
         twice = {cid: n for cid, n in replies.items() if n > 1}
         codes = {c.tag: c.code for c in r.load.calls}
         unanswered = Counter(codes.get(tags[cid], "not ours") for cid in set(tags) - set(replies))
-        print(f"exactly-once: {len(tags)} requests, {sum(replies.values())} committed replies, {len(twice)} twice; "
-              f"without a committed reply: {dict(unanswered)}")
+        line = (f"exactly-once: {len(tags)} requests, {sum(replies.values())} committed replies, {len(twice)} twice; "
+                f"without a committed reply: {dict(unanswered)}")
+        print(line)
+        REPORTED.append(f"[{engine()}] {line}")
         assert not twice, f"{len(twice)} requests have more than one committed reply"
         assert set(unanswered) <= {"DEADLINE_EXCEEDED"}, f"requests without a committed reply: {dict(unanswered)}"
 
