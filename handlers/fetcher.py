@@ -76,14 +76,6 @@ class Fetcher(Generic[Batch]):
         await self.call(self._stopping.set)
         await asyncio.to_thread(self._thread.join, 10)
 
-    def _settle(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
     def _execute(self, func: Callable[[], Any], future: asyncio.Future[Any] | None) -> None:
         try:
             result, error = func(), None
@@ -92,7 +84,7 @@ class Fetcher(Generic[Batch]):
             if future is None:
                 log.warning("consumer call failed: %s", exc)
         if future is not None:
-            self._loop.call_soon_threadsafe(self._settle, future, result, error)
+            self._loop.call_soon_threadsafe(settle, future, result, error)
 
     def _run_commands(self) -> None:
         while True:
@@ -123,3 +115,13 @@ class Fetcher(Generic[Batch]):
                     self._loop.call_soon_threadsafe(self._on_batch, batch, self.generation)
                 except RuntimeError:  # the loop is closed
                     return
+
+
+def settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """On the event loop: end `future` with what a call on another thread gave (unless it ended)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

@@ -40,6 +40,7 @@ from adapter.errors import TransactionAborted, TransportError
 from adapter.kafka import Engine, TransactionalProducer
 from adapter.kafka.handoff import Handoff, deliver
 from adapter.metrics import HandlerMetrics
+from handlers.fetcher import settle
 from handlers.offsets import OffsetTracker, Partition, encode_done
 
 __all__ = ["TransactionAborted", "Transactions"]
@@ -81,18 +82,9 @@ class _Lane:
             except BaseException as exc:
                 result, error = None, exc
             try:
-                loop.call_soon_threadsafe(_settle, future, result, error)
+                loop.call_soon_threadsafe(settle, future, result, error)
             except RuntimeError:  # the loop is closed
                 return
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class Transactions:

@@ -177,22 +177,17 @@ class Soak:
             kind = self.rng.choice(FAULTS[:4])  # one broker fault at a time: never two nodes down
         at = time.monotonic() - self.started
         began = time.monotonic()
-        if kind.startswith("handler"):
-            i = self.rng.randrange(len(self.handlers))
-            proc = self.handlers[i]
+        if kind.startswith(("handler", "frontend")):
+            role, how = kind.split("-")
+            group, start, down = ((self.handlers, self.start_handler, 5) if role == "handler"
+                                  else (self.frontends, self.start_frontend, 3))
+            i = self.rng.randrange(len(group))
+            proc = group[i]
             assert proc is not None
-            proc.stop(signal.SIGKILL if kind == "handler-kill" else signal.SIGTERM)
-            time.sleep(self.rng.uniform(1, 5))
-            target = f"handler {i}"
-            self.start_handler(i)
-        elif kind.startswith("frontend"):
-            i = self.rng.randrange(len(self.frontends))
-            proc = self.frontends[i]
-            assert proc is not None
-            proc.stop(signal.SIGKILL if kind == "frontend-kill" else signal.SIGTERM)
-            time.sleep(self.rng.uniform(1, 3))
-            target = f"frontend {i}"
-            self.start_frontend(i)
+            proc.stop(signal.SIGKILL if how == "kill" else signal.SIGTERM)
+            time.sleep(self.rng.uniform(1, down))
+            target = f"{role} {i}"
+            start(i)
         else:
             node = self.rng.choice(Cluster.NODES)
             target = f"broker {node}"
