@@ -123,6 +123,10 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
                 summary.order.append(item.i)
         return summary
 
+    async def SlowCollect(self, request_iterator, context):
+        await asyncio.sleep(10)  # the request messages pile up in the handler meanwhile
+        return await self.AsyncCollect(request_iterator, context)
+
     async def Chat(self, request_iterator, context):
         async for item in request_iterator:
             if item.tag == "fail":
