@@ -546,7 +546,7 @@ class Worker:
         assert self._loop is not None
         parts = set(partitions)
         self._loaded -= parts
-        work = self._revoke_transactional(parts) if self.txn is not None else self._take_committable(parts)
+        work = self._revoke_transactional(parts, lost) if self.txn is not None else self._take_committable(parts)
         future = asyncio.run_coroutine_threadsafe(work, self._loop)
         offsets: dict[Partition, int] | None = None
         try:
@@ -566,10 +566,22 @@ class Worker:
         if partitions:
             log.info("partitions assigned: %s", ", ".join(f"{t}/{p}" for t, p in sorted(partitions)))
 
-    async def _revoke_transactional(self, parts: set[Partition]) -> None:
+    async def _revoke_transactional(self, parts: set[Partition], lost: bool) -> None:
         assert self.txn is not None
         self._owned -= parts
         moved = "the call's partition moved to another handler process"
+        if lost:
+            # Another process may own them already and have answered their calls: nothing of
+            # theirs may be sent or committed from here. An ABORTED reply to a stream would be a
+            # second committed reply to its request (the chaos soak found 22), and their
+            # offsets would overwrite the new owner's. Replies of theirs may sit in the open
+            # transaction: it is aborted, and the rewind runs the other partitions' calls again.
+            self._dropped.update(self.calls.running_in(parts))
+            await self.calls.drop(parts, moved)
+            self.tracker.forget(parts)
+            self.txn.forget(parts)
+            await self.txn.abandon(f"partitions lost with the group session: {', '.join(f'{t}/{p}' for t, p in sorted(parts))}")
+            return
         if not self.txn.failed:
             # (A transaction that aborts meanwhile makes these sends fail at once, never wait.)
             await self.calls.abort(parts, grpc.StatusCode.ABORTED, moved)

@@ -93,6 +93,7 @@ class Cluster:
         self.state = state
         self.paused: set[int] = set()
         self._admin: AdminClient | None = None
+        self._starting: list[tuple[int, subprocess.Popen[str]]] = []
 
     @property
     def bootstrap(self) -> str:
@@ -107,11 +108,13 @@ class Cluster:
         return done.stdout
 
     def up(self) -> None:
+        self._started()
         for node in sorted(self.paused):
             self.resume(node)
         self.run("up")
 
     def down(self) -> None:
+        self._started()
         for node in sorted(self.paused):
             self.resume(node)  # a stopped process cannot act on SIGTERM
         self.run("down")
@@ -126,6 +129,19 @@ class Cluster:
 
     def start(self, node: int) -> None:
         self.run("start", str(node))
+
+    def start_soon(self, node: int) -> None:
+        """Start the node again in the background (a test need not wait for it); `up` waits."""
+        self._starting.append((node, subprocess.Popen(["bash", "kafka/cluster.sh", "start", str(node)], cwd=procs.REPO,
+                                                      env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                      text=True)))
+
+    def _started(self) -> None:
+        starting, self._starting = self._starting, []
+        for node, proc in starting:
+            out, _ = proc.communicate(timeout=120)
+            if proc.returncode:
+                raise AssertionError(f"kafka/cluster.sh start {node} failed ({proc.returncode}):\n{out}")
 
     def pause(self, node: int) -> None:
         self.run("pause", str(node))

@@ -151,7 +151,8 @@ def rig(cluster: Cluster, prefix: str, tmp_path: Path, *handler_args: str) -> It
 
 
 def _kill_and_recover(r: Rig, node: int, what: str) -> float:
-    """kill -9 `node` under load; wait until calls succeed again; start the node again."""
+    """kill -9 `node` under load; wait until calls succeed again; start the node again (in the
+    background: the next test's `cluster` fixture waits for it)."""
     killed = time.monotonic()
     r.cluster.kill(node)
     try:
@@ -160,7 +161,7 @@ def _kill_and_recover(r: Rig, node: int, what: str) -> float:
         raise AssertionError(f"{exc}\n{r.logs()}") from None
     print(f"{what}: node {node} killed; calls succeeded again {recovered:.1f}s later")
     time.sleep(2)  # some load on the failed-over cluster
-    r.cluster.start(node)
+    r.cluster.start_soon(node)
     return recovered
 
 
