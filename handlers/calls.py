@@ -228,6 +228,10 @@ class Calls:
         doomed = [c for c in self._calls.values()
                   if c.partition in partitions and not c.ended and (c.requests is not None or c.streams_out)]
         for call in doomed:
+            if call.ended:
+                # It finished, and replied, while the calls before it were being aborted (each
+                # send may wait for a commit): a second final reply would be committed too.
+                continue
             self.cancel(call.request.correlation_id, message, code)
             if call.request.reply_topic:
                 reply = wire.Reply(call.request.correlation_id, code=code, message=message)
