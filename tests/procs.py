@@ -8,9 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+from rpctest.v1 import kitchen_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 #: Every process started, so the session can stop what a failed test left running.
@@ -110,6 +113,22 @@ def handler(log: Path, bootstrap: str, prefix: str, *extra: str, env: dict[str, 
         proc.stop()
         raise
     return proc
+
+
+@contextmanager
+def kitchen(tmp_path: Path, bootstrap: str, prefix: str, *handler_args: str) -> Iterator[tuple[kitchen_pb2_grpc.KitchenStub, Proc]]:
+    """A handler process serving the test Kitchen, a frontend, and a stub calling through them
+    (with the handler, for its output); both processes are stopped afterwards."""
+    worker = handler(tmp_path / "h.log", bootstrap, prefix, *handler_args, targets=["tests.kitchen_service:Kitchen"])
+    try:
+        front, address = frontend(tmp_path / "f.log", bootstrap, prefix)
+        try:
+            with grpc.insecure_channel(address) as channel:
+                yield kitchen_pb2_grpc.KitchenStub(channel), worker
+        finally:
+            front.stop()
+    finally:
+        worker.stop()
 
 
 def status_of(future: grpc.Future) -> grpc.StatusCode:
