@@ -30,6 +30,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--proto-path", action="append", type=Path, metavar="DIR",
                         help="folder of .proto files to serve (repeatable; env KAFKA_RPC_PROTO_PATH, ':'-separated)")
+    parser.add_argument("--service", action="append", metavar="PATTERN",
+                        help="fnmatch pattern of the full names of the services to serve among those found, e.g. "
+                        "'shop.*' (repeatable; default all)")
     parser.add_argument("--listen", default="127.0.0.1:50051",
                         help="gRPC address HOST:PORT (env KAFKA_RPC_LISTEN; default %(default)s)")
     parser.add_argument("--reply-topic", default="",
@@ -41,6 +44,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds to wait for a reply when the client sets no deadline (default %(default)s)")
     parser.add_argument("--max-in-flight", type=int, default=10_000,
                         help="calls in flight beyond which new calls get RESOURCE_EXHAUSTED (default %(default)s)")
+    parser.add_argument("--no-handler-grace", type=float, default=30.0, metavar="SECONDS",
+                        help="seconds a request topic may have no handler process consuming it before its calls fail at "
+                        "once with UNAVAILABLE; until then they queue in Kafka (0: always wait for the deadline; "
+                        "default %(default)s)")
     parser.add_argument("--forward-metadata", action="append", metavar="PATTERN",
                         help="fnmatch pattern of gRPC metadata keys passed on to handlers (repeatable; default all "
                         "but --drop-metadata)")
@@ -94,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             metrics_port=args.metrics_port,
+            services=tuple(args.service or ("*",)),
+            no_handler_grace=args.no_handler_grace,
         )
         protos = ProtoSet.load(config.proto_paths)
         log = logging.getLogger("adapter")

@@ -145,6 +145,15 @@ class FrontendConfig:
     forward_metadata: tuple[str, ...] = ("*",)
     #: ...unless they match one of these (never written to Kafka, nor anywhere else).
     drop_metadata: tuple[str, ...] = DROPPED_METADATA
+    #: fnmatch patterns of the full names of the services to serve, among those under proto_paths.
+    services: tuple[str, ...] = ("*",)
+    #: Seconds a request topic may have no consuming handler process before its calls fail at once
+    #: with UNAVAILABLE (until then they queue in Kafka, as through a restart); 0: always wait.
+    no_handler_grace: float = 30.0
+
+    def serves(self, service: str) -> bool:
+        """Whether the service of full name `service` is among those to serve (`--service`)."""
+        return any(fnmatch.fnmatchcase(service, p) for p in self.services)
 
     def forwards(self, key: str) -> bool:
         """Whether metadata `key` (lower case, as gRPC has it) goes into the request record."""
@@ -166,6 +175,10 @@ class FrontendConfig:
         _positive("default_timeout", self.default_timeout)
         _positive("start_timeout", self.start_timeout)
         _positive("max_in_flight", self.max_in_flight)
+        if not self.services or not all(self.services):
+            raise ConfigError("services: give fnmatch patterns of service names, e.g. 'shop.*'")
+        if self.no_handler_grace < 0:
+            raise ConfigError(f"no_handler_grace: {self.no_handler_grace} is negative (0 turns failing fast off)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key: give both, or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:

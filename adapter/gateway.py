@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -27,11 +28,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from adapter import wire
 from adapter.config import FrontendConfig
-from adapter.errors import CallError
+from adapter.consumers import ConsumerWatch
+from adapter.errors import CallError, ConfigError
 from adapter.metrics import DEADLINE_SLACK, CallMetrics, FrontendMetrics
 from adapter.protoset import ProtoSet
 from adapter.requester import Requester
-from adapter.routing import Route, routes_for
+from adapter.routing import Route, method_path, routes_for
 from adapter.stream import Stream
 from adapter.transport import KafkaTransport, Transport
 
@@ -50,12 +52,19 @@ class Gateway:
                  metrics: FrontendMetrics | None = None) -> None:
         self.config = config
         self.protos = protos
-        self.routes = routes_for(protos.services, config.kafka.topic_prefix)
+        self.services = [s for s in protos.services if config.serves(s.full_name)]
+        if not self.services:
+            found = ", ".join(s.full_name for s in protos.services) or "none"
+            raise ConfigError(f"services: no service matches {', '.join(config.services)} (found: {found})")
+        self.routes = routes_for(self.services, config.kafka.topic_prefix)
         self.metrics = metrics if metrics is not None else FrontendMetrics()
         for path in self.routes:
             self.metrics.method(path)  # their series exist before the first call
         transport = transport or KafkaTransport(config.replies, {r.topic for r in self.routes.values()}, self.metrics)
         self.requester = Requester(transport, config.default_timeout, self.metrics)
+        #: Which request topics handler processes consume: per-service health, failing fast.
+        self.consumers = ConsumerWatch(transport.consumers, {r.topic for r in self.routes.values()},
+                                       config.no_handler_grace)
         self.health = HealthServicer()
         #: The metadata policy's answer per key seen (fnmatch against every pattern on each call
         #: is avoidable work on the call path); bounded, as clients choose the keys.
@@ -63,6 +72,8 @@ class Gateway:
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._consumers_task: asyncio.Task[None] | None = None
+        self._kafka_ok = True
 
     async def start(self) -> None:
         """Connect to Kafka, then open the gRPC port."""
@@ -74,7 +85,7 @@ class Gateway:
         ])
         server.add_generic_rpc_handlers(self._handlers())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = [s.full_name for s in self.protos.services]
+        names = [s.full_name for s in self.services]
         self.protos.include(health_pb2.DESCRIPTOR)
         self.protos.include(reflection_pb2.DESCRIPTOR)
         reflection.enable_server_reflection(
@@ -85,11 +96,32 @@ class Gateway:
         self.port = self._add_port(server)
         if not self.port:
             raise OSError(f"cannot listen on {self.config.listen}")
+        await self.consumers.refresh()
         await server.start()
         self._server = server
-        await self._set_health(True)
+        await self._set_health()
         self._health_task = asyncio.create_task(self._watch_health())
+        self._consumers_task = asyncio.create_task(self._watch_consumers())
         log.info("serving %d services (%d methods) on %s", len(names), len(self.routes), self.config.listen)
+        for service in self.services:
+            log.info("%s", self._describe(service))
+
+    def _topics(self, service: ServiceDescriptor) -> list[str]:
+        return sorted({self.routes[method_path(m)].topic for m in service.methods})
+
+    def _describe(self, service: ServiceDescriptor) -> str:
+        """One startup line: a service, its request topics and who consumes them now."""
+        parts = []
+        for topic in self._topics(service):
+            groups = self.consumers.groups(topic)
+            if groups is None:
+                who = "consumers not known"
+            elif groups:
+                who = f"handlers consuming (group {', '.join(sorted(groups))})"
+            else:
+                who = "NO handler process consumes it yet"
+            parts.append(f"topic {topic}: {who}")
+        return f"service {service.full_name}: {'; '.join(parts)}"
 
     def _add_port(self, server: grpc.aio.Server) -> int:
         config = self.config
@@ -105,8 +137,9 @@ class Gateway:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, let calls in flight finish for `grace` seconds, disconnect."""
-        if self._health_task:
-            self._health_task.cancel()
+        for task in (self._health_task, self._consumers_task):
+            if task:
+                task.cancel()
         if self._server:
             await self._server.stop(grace)
         await self.requester.stop()
@@ -140,9 +173,7 @@ class Gateway:
             for name, value in context.invocation_metadata() or ():
                 if name == wire.IDEMPOTENCY_METADATA:
                     idempotency_key = value if isinstance(value, bytes) else value.encode()
-            if self.requester.in_flight >= self.config.max_in_flight:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"over {self.config.max_in_flight} calls in flight in this frontend; retry later")
+            await self._admit(route, context)
             try:
                 reply = await self.requester.call(
                     route.path, request, topic=route.topic, key=key, metadata=metadata,
@@ -201,11 +232,21 @@ class Gateway:
             log.info("metadata %r is not passed on to handlers (--drop-metadata / --forward-metadata)", key)
         return known
 
-    async def _open(self, route: Route, context: grpc.aio.ServicerContext, request: bytes | None,
-                    key: bytes | None = None) -> Stream:
+    async def _admit(self, route: Route, context: grpc.aio.ServicerContext) -> None:
+        """Refuse a call at once when it could only wait: too many in flight, or nobody to serve it."""
         if self.requester.in_flight >= self.config.max_in_flight:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"over {self.config.max_in_flight} calls in flight in this frontend; retry later")
+        if self.consumers.abandoned(route.topic):
+            self.metrics.no_handler(route.topic)
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"no handler process consumes topic '{route.topic}' (none for "
+                                f"{self.consumers.unconsumed_for(route.topic):.0f} s): start one (python -m handlers) "
+                                f"serving {route.path.split('/')[1]}")
+
+    async def _open(self, route: Route, context: grpc.aio.ServicerContext, request: bytes | None,
+                    key: bytes | None = None) -> Stream:
+        await self._admit(route, context)
         try:
             return self.requester.open_stream(
                 route.path, topic=route.topic, request=request, key=key,
@@ -215,21 +256,43 @@ class Gateway:
             await context.abort(exc.code, exc.details)
             raise AssertionError("unreachable") from exc
 
-    async def _set_health(self, ok: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ["", *(s.full_name for s in self.protos.services)]:
-            await self.health.set(name, status)
+    async def _set_health(self) -> None:
+        """Health: "" while Kafka answers; a service while, besides, each of its request topics
+        has a handler process consuming it (or while that cannot be known)."""
+        await self.health.set("", _serving(self._kafka_ok))
+        for service in self.services:
+            consumed = all(self.consumers.groups(t) != set() for t in self._topics(service))
+            await self.health.set(service.full_name, _serving(self._kafka_ok and consumed))
 
     async def _watch_health(self) -> None:
-        serving = True
         while True:
             await asyncio.sleep(HEALTH_INTERVAL)
             ok = self.requester.ready and await self.requester.transport_healthy()
-            if ok != serving:
+            if ok != self._kafka_ok:
                 log.warning("Kafka is %s: health %s", "reachable" if ok else "unreachable",
                             "SERVING" if ok else "NOT_SERVING")
-                await self._set_health(ok)
-                serving = ok
+                self._kafka_ok = ok
+                await self._set_health()
+
+    async def _watch_consumers(self) -> None:
+        while True:
+            await asyncio.sleep(self.consumers.interval)
+            changed = await self.consumers.refresh()
+            if not changed:
+                continue
+            for topic in changed:
+                groups = self.consumers.groups(topic)
+                if groups:
+                    log.info("topic %s: handlers consuming again (group %s)", topic, ", ".join(sorted(groups)))
+                else:
+                    grace = self.config.no_handler_grace
+                    log.warning("topic %s: no handler process consumes it%s", topic,
+                                f"; its calls fail with UNAVAILABLE after {grace:g} s" if grace else "")
+            await self._set_health()
+
+
+def _serving(serving: bool) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
+    return health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class _Observed:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from adapter import wire
 from adapter.errors import MalformedRecord, TransportError
@@ -93,6 +93,9 @@ class MemoryTransport:
 
     async def healthy(self) -> bool:
         return self._on_replies is not None
+
+    async def consumers(self, topics: Collection[str]) -> dict[str, set[str]] | None:
+        return None  # one coroutine serves every topic: there are no groups to tell of
 
     async def stop(self) -> None:
         """Stop serving: requests still being served get no reply."""

@@ -99,6 +99,14 @@ class FrontendMetrics(_Calls):
         )
         self.replies_malformed = Counter("kafka_rpc_frontend_replies_malformed_total",
                                          "Reply records that did not follow the wire protocol, dropped", registry=registry)
+        self._no_handler = Counter(
+            "kafka_rpc_frontend_no_handler_total",
+            "Calls failed at once with UNAVAILABLE: no handler process had consumed their request topic for "
+            "longer than --no-handler-grace", ["topic"], registry=registry)
+
+    def no_handler(self, topic: str) -> None:
+        """Count a call refused because nobody consumes `topic` (a bounded label: the routes' topics)."""
+        self._no_handler.labels(topic).inc()
 
     def watch(self, in_flight: Callable[[], float], streams_open: Callable[[], float]) -> None:
         """Read the two state gauges from these functions at each scrape (from the scraping thread)."""

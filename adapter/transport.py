@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from adapter import wire
@@ -40,6 +40,9 @@ class Transport(Protocol):
     async def healthy(self) -> bool:
         """Whether the broker answers now."""
 
+    async def consumers(self, topics: Collection[str]) -> dict[str, set[str]] | None:
+        """The consumer groups with live members assigned each of `topics`; None: cannot tell."""
+
     async def stop(self) -> None:
         """Flush what was sent and disconnect."""
 
@@ -57,6 +60,7 @@ class KafkaTransport:
         self._listener: ReplyListener | None = None
         self._admin: Admin | None = None
         self._check_task: asyncio.Future[bool] | None = None
+        self._lookup_admin: Admin | None = None
 
     async def start(self, on_replies: OnReplies, on_partitions: OnPartitions) -> None:
         """Create missing topics, connect the producer, join the reply group."""
@@ -93,10 +97,22 @@ class KafkaTransport:
         except TimeoutError:
             return False
 
+    async def consumers(self, topics: Collection[str]) -> dict[str, set[str]] | None:
+        if self._admin is None:
+            return None
+        return await asyncio.to_thread(self._consumers, topics)
+
+    def _consumers(self, topics: Collection[str]) -> dict[str, set[str]]:
+        # An admin client of its own: the health check's may be stuck on an unreachable broker.
+        if self._lookup_admin is None:
+            self._lookup_admin = self._engine.admin(HEALTH_TIMEOUT)
+        return self._lookup_admin.consumers(topics, HEALTH_TIMEOUT)
+
     async def stop(self) -> None:
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
         if self._producer is not None:
             await asyncio.to_thread(self._producer.close, 5)
-        if self._admin is not None:
-            await asyncio.to_thread(self._admin.close)
+        for admin in (self._admin, self._lookup_admin):
+            if admin is not None:
+                await asyncio.to_thread(admin.close)

@@ -325,3 +325,44 @@ def test_a_key_lands_on_the_same_partition_on_every_engine(kafka_bootstrap: str)
         placements.append({r.key: r.partition for r in got})
     assert len(placements[0]) == 16 and placements[0] == placements[1]
     assert len(set(placements[0].values())) > 1
+
+
+def test_consumers_names_the_groups_with_live_members_on_either_protocol(engine: Engine, kafka_bootstrap: str,
+                                                                         consumers: list[Consumer]) -> None:
+    # Each engine's admin must see groups of both protocols, whichever engine runs them: a
+    # frontend on kafka-python watches handlers on confluent, whose groups use KIP-848.
+    names = [f"layer-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+    creator = engine.admin()
+    try:
+        creator.ensure_topics(dict.fromkeys(names, 2))
+    finally:
+        creator.close()
+    members = {}
+    for client, protocol, topic in (("confluent", "consumer", names[0]), ("kafka-python", "classic", names[1])):
+        group = f"{topic}-{protocol}"
+        member = open_engine(KafkaConfig(bootstrap_servers=(kafka_bootstrap,), client=client)).consumer(
+            group, from_end=False, read_committed=False, session_timeout=10, protocol=protocol)
+        member.subscribe([topic], lambda partitions: None, lambda partitions, lost: None)
+        consumers.append(member)
+        members[topic] = (group, member)
+    admin = engine.admin()
+    try:
+        found: dict[str, set[str]] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for group, member in members.values():
+                member.poll(0.1, 10)  # joins the group; the assignment comes during poll
+            found = admin.consumers(names, 5)
+            if all(found[t] for t in members):
+                break
+        assert found == {names[0]: {members[names[0]][0]}, names[1]: {members[names[1]][0]}, names[2]: set()}
+        # A member that leaves takes its group off the list.
+        members[names[1]][1].close()
+        consumers.remove(members[names[1]][1])
+        deadline = time.monotonic() + 30
+        while found[names[1]] and time.monotonic() < deadline:
+            members[names[0]][1].poll(0.1, 10)
+            found = admin.consumers(names, 5)
+        assert found == {names[0]: {members[names[0]][0]}, names[1]: set(), names[2]: set()}
+    finally:
+        admin.close()

@@ -18,11 +18,20 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, OFFSET_INVALID, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_INVALID,
+    Consumer,
+    ConsumerGroupState,
+    KafkaError,
+    KafkaException,
+    Producer,
+)
 from confluent_kafka import TopicPartition as TP
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
@@ -566,6 +575,37 @@ class _Admin:
         except (KafkaException, TimeoutError) as exc:
             log.debug("kafka health check failed: %s", exc)
             return False
+
+    def consumers(self, topics: Collection[str], timeout: float) -> dict[str, set[str]]:
+        wanted = set(topics)
+        found: dict[str, set[str]] = {topic: set() for topic in wanted}
+        try:
+            listed = self._client.list_consumer_groups(request_timeout=timeout).result(timeout=timeout + 1)
+        except (KafkaException, TimeoutError) as exc:
+            raise TransportError(f"listing consumer groups: {_reason(exc)}") from exc
+        if listed.errors:  # a broker did not answer: its groups are not known, so nothing is
+            raise TransportError(f"listing consumer groups: {_reason(listed.errors[0])}")
+        with translated("describing consumer groups"):
+            live = [g.group_id for g in listed.valid
+                    if g.state not in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD) and not g.is_simple_consumer_group]
+            if not live:
+                return found
+            described = self._client.describe_consumer_groups(live, request_timeout=timeout)
+            for group, future in described.items():
+                try:
+                    description = future.result(timeout=timeout + 1)
+                except TimeoutError as exc:
+                    raise TransportError(f"describing consumer group {group}: no answer in {timeout:g} s") from exc
+                except KafkaException as exc:
+                    error = exc.args[0] if exc.args else None
+                    if isinstance(error, KafkaError) and error.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                        continue  # gone since the listing
+                    raise
+                for member in description.members:
+                    for partition in member.assignment.topic_partitions if member.assignment else ():
+                        if partition.topic in wanted:
+                            found[partition.topic].add(group)
+        return found
 
     def close(self) -> None:
         pass  # AdminClient has no close; its threads end with it

@@ -16,7 +16,7 @@ Threads, which matter more than anything else here (docs/internals.md):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -139,6 +139,11 @@ class Admin(Protocol):
 
     def healthy(self, timeout: float) -> bool:
         """Whether the cluster answers within `timeout` seconds."""
+
+    def consumers(self, topics: Collection[str], timeout: float) -> dict[str, set[str]]:
+        """For each of `topics`, the consumer groups (classic or consumer protocol) with a live
+        member assigned at least one of its partitions now. One group listing per broker and one
+        description per coordinator: cheap enough to repeat every few seconds."""
 
     def close(self) -> None: ...
 

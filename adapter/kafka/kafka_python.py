@@ -18,7 +18,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,10 +26,12 @@ from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, Ka
 from kafka import errors as kafka_errors
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, SaslAuthenticationFailedError, TopicAlreadyExistsError
+from kafka.protocol.api_message import ApiMessage
 from kafka.structs import OffsetAndMetadata
 
 from adapter.config import KafkaConfig
 from adapter.errors import ConfigError, MissingTopic, RecordRefused, TransportError
+from adapter.kafka import schemas
 from adapter.kafka.balanced import TopicBalancedAssignor
 from adapter.kafka.contract import (
     Offsets,
@@ -563,10 +565,80 @@ class _Admin:
                 self.close()
                 return False
 
+    def consumers(self, topics: Collection[str], timeout: float) -> dict[str, set[str]]:
+        wanted = set(topics)
+        found: dict[str, set[str]] = {topic: set() for topic in wanted}
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect(timeout)
+            try:
+                return self._consumers(self._client, wanted, found)
+            except Exception:
+                self.close()  # as in `healthy`: the client may not recover from a broker restart
+                raise
+
+    @staticmethod
+    def _consumers(client: KafkaAdminClient, wanted: set[str], found: dict[str, set[str]]) -> dict[str, set[str]]:
+        with translated("listing consumer groups"):
+            groups = [g for g in client.list_groups()
+                      if g.get("protocol_type") == "consumer" and g.get("group_state") not in ("Empty", "Dead")]
+        classic = [g["group_id"] for g in groups if g.get("group_type") != "consumer"]
+        modern = [g["group_id"] for g in groups if g.get("group_type") == "consumer"]
+        if classic:
+            with translated("describing consumer groups"):
+                described = client.describe_groups(classic)
+            for group, description in described.items():
+                error = description.get("error")
+                if error and "GroupIdNotFound" not in str(error):  # else: gone since the listing
+                    raise TransportError(f"describing consumer group {group}: {error}")
+                for member in description.get("members") or ():
+                    for assigned in (member.get("member_assignment") or {}).get("assigned_partitions") or ():
+                        if assigned["topic"] in wanted and assigned["partitions"]:
+                            found[assigned["topic"]].add(group)
+        if modern:
+            with translated("describing consumer groups"):
+                for group, topic in client._manager.run(_consumer_groups_topics, client, modern):
+                    if topic in wanted:
+                        found[topic].add(group)
+        return found
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+#: Kafka's error code for a group that does not exist (any more).
+GROUP_ID_NOT_FOUND = 69
+
+
+class ConsumerGroupDescribeRequest(ApiMessage, load_json=schemas):  # type: ignore[call-arg]
+    """KIP-848's DescribeGroups, which kafka-python 3.0 lacks (schema in `adapter.kafka.schemas`)."""
+
+
+class ConsumerGroupDescribeResponse(ApiMessage, load_json=schemas):  # type: ignore[call-arg]
+    pass
+
+
+async def _consumer_groups_topics(client: KafkaAdminClient, groups: list[str]) -> list[tuple[str, str]]:
+    """(group, topic) for each topic a live member of the consumer-protocol `groups` is assigned.
+
+    Runs on kafka-python's network thread (`client._manager.run`): its admin client offers no
+    call for these groups, whose classic DescribeGroups answers "not a classic group"."""
+    coordinators = await client._find_coordinator_ids(groups)
+    found = []
+    for node in set(coordinators.values()):
+        request = ConsumerGroupDescribeRequest(group_ids=[g for g, n in coordinators.items() if n == node],
+                                               include_authorized_operations=False)
+        response = await client._manager.send(request, node_id=node)
+        for group in response.groups:
+            if group.error_code == GROUP_ID_NOT_FOUND:  # gone since the listing
+                continue
+            if group.error_code:
+                raise kafka_errors.for_code(group.error_code)(f"describing consumer group {group.group_id}")
+            found += [(group.group_id, assigned.topic_name) for member in group.members
+                      for assigned in member.assignment.topic_partitions if assigned.partitions]
+    return found
 
 
 #: kafka-python errors of one unreachable broker: another may answer the same request.
