@@ -195,6 +195,12 @@ def _masked(name: str, value: Any) -> str:
         return "***"
     if name == "kafka_option" and value:  # KEY=VALUE items: each is masked by its key
         return repr([_masked_option(item) for item in value])
+    if isinstance(value, list):
+        return "[" + ", ".join(_masked(name, item) for item in value) + "]"
+    if isinstance(value, Path):
+        return repr(str(value))
+    if value is None:
+        return "(unset: see --help)"
     return repr(value)
 
 

@@ -283,7 +283,7 @@ class Gateway:
             for topic in changed:
                 groups = self.consumers.groups(topic)
                 if groups:
-                    log.info("topic %s: handlers consuming again (group %s)", topic, ", ".join(sorted(groups)))
+                    log.info("topic %s: handler processes consume it (group %s)", topic, ", ".join(sorted(groups)))
                 else:
                     grace = self.config.no_handler_grace
                     log.warning("topic %s: no handler process consumes it%s", topic,

@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
         async def announce() -> None:
             await ready.wait()
-            print(f"handlers: serving {len(methods)} methods from {', '.join(worker.topics)}", flush=True)
+            names = ", ".join(s.full_name for s in services)
+            print(f"handlers: serving {len(methods)} methods of {names} from topics {', '.join(worker.topics)} "
+                  f"in group {config.group}", flush=True)
 
         endpoint = serve_metrics(config.metrics_port, registry, "handlers", args.metrics_address)
         announcer = asyncio.create_task(announce())

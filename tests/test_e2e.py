@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -224,9 +225,15 @@ def test_health_is_serving(stack: Stack) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     health = health_pb2_grpc.HealthStub(stack.channel)
-    for service in ("", "rpctest.v1.Kitchen"):
-        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
-        assert status == health_pb2.HealthCheckResponse.SERVING
+    # A service is SERVING once the frontend has seen its handler in the group (looks every 3 s).
+    deadline = time.monotonic() + 20
+    for service in ("", "rpctest.v1.Kitchen", "shop.mail.v1.MailService"):
+        while True:
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+            if status == health_pb2.HealthCheckResponse.SERVING or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert status == health_pb2.HealthCheckResponse.SERVING, service
 
 
 def test_coupon_example_sends_mail_over_kafka(stack: Stack) -> None:

@@ -350,7 +350,7 @@ def test_consumers_names_the_groups_with_live_members_on_either_protocol(engine:
         found: dict[str, set[str]] = {}
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            for group, member in members.values():
+            for _group, member in members.values():
                 member.poll(0.1, 10)  # joins the group; the assignment comes during poll
             found = admin.consumers(names, 5)
             if all(found[t] for t in members):
