@@ -366,3 +366,23 @@ def test_consumers_names_the_groups_with_live_members_on_either_protocol(engine:
         assert found == {names[0]: {members[names[0]][0]}, names[1]: set(), names[2]: set()}
     finally:
         admin.close()
+
+
+def test_a_group_lookup_process_that_dies_costs_one_lookup(kafka_bootstrap: str) -> None:
+    # librdkafka aborts a process whose admin client loses a group coordinator mid-request
+    # (adapter.kafka.group_lookup): the confluent engine describes groups in a child process.
+    import os
+    import signal
+
+    admin = open_engine(KafkaConfig(bootstrap_servers=(kafka_bootstrap,), client="confluent")).admin()
+    try:
+        assert admin.consumers(["nothing-here"], 5) == {"nothing-here": set()}
+        lookup = admin._lookup  # type: ignore[attr-defined]
+        [child] = list(lookup._pool._processes)
+        os.kill(child, signal.SIGKILL)  # as librdkafka's abort() would
+        with pytest.raises(TransportError, match="lookup process died"):
+            admin.consumers(["nothing-here"], 5)
+        assert admin.consumers(["nothing-here"], 5) == {"nothing-here": set()}
+        assert child not in lookup._pool._processes
+    finally:
+        admin.close()

@@ -48,6 +48,7 @@ from adapter.kafka.contract import (
     new_topic_settings,
     record_limit,
 )
+from adapter.kafka.group_lookup import GroupLookup
 from adapter.kafka.hints import tls_hint
 
 log = logging.getLogger(__name__)
@@ -520,6 +521,7 @@ class _Admin:
         self._client = client
         self._config = config
         self._errors = errors
+        self._lookup: GroupLookup | None = None
 
     def _topics(self, names: Iterable[str]) -> tuple[dict[str, Any], int]:
         """The metadata of the topics `names` that exist, and the cluster's broker count: one
@@ -577,6 +579,13 @@ class _Admin:
             return False
 
     def consumers(self, topics: Collection[str], timeout: float) -> dict[str, set[str]]:
+        # Not in this process: librdkafka may abort it (adapter.kafka.group_lookup says why).
+        if self._lookup is None:
+            self._lookup = GroupLookup(self._config)
+        return self._lookup.consumers(topics, timeout)
+
+    def consumers_here(self, topics: Collection[str], timeout: float) -> dict[str, set[str]]:
+        """`consumers`, in this process: what the lookup's child process runs."""
         wanted = set(topics)
         found: dict[str, set[str]] = {topic: set() for topic in wanted}
         try:
@@ -608,4 +617,6 @@ class _Admin:
         return found
 
     def close(self) -> None:
-        pass  # AdminClient has no close; its threads end with it
+        # AdminClient has no close; its threads end with it.
+        if self._lookup is not None:
+            self._lookup.close()
