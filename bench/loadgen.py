@@ -76,7 +76,7 @@ async def run(args: argparse.Namespace) -> None:
         # The "channel" scenario: no gRPC frontend, the caller's own AioKafkaChannel.
         from rpctest.v1 import kitchen_pb2
 
-        from adapter.aio_channel import AioKafkaChannel
+        from adapter.caller.aio_channel import AioKafkaChannel
 
         channels = [await AioKafkaChannel.connect([kitchen_pb2], bootstrap_servers=args.kafka, topic_prefix=args.prefix,
                                                   kafka_client=args.kafka_client, reply_topic=f"{args.prefix}replies")]

@@ -126,9 +126,9 @@ def install(folder: str) -> None:
     """Patch the frontend or handler code imported in this process; dump events at exit."""
     role = "handler" if "handlers" in sys.argv[0] else "frontend"
     if role == "frontend":
-        requester = importlib.import_module("adapter.requester").Requester
-        transport = importlib.import_module("adapter.transport").KafkaTransport
-        _wrap(importlib.import_module("adapter.gateway").Gateway, "_unary", before="F unary", after="F answered")
+        requester = importlib.import_module("adapter.caller.requester").Requester
+        transport = importlib.import_module("adapter.caller.transport").KafkaTransport
+        _wrap(importlib.import_module("adapter.frontend.gateway").Gateway, "_unary", before="F unary", after="F answered")
         _wrap(requester, "call", before="F call", after="F returned")
         _wrap(transport, "send", after="F sent")
         _wrap(requester, "_replies_from_thread", before="F decoded")

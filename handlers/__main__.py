@@ -9,7 +9,8 @@ import os
 import sys
 import threading
 
-from adapter.cli import (
+from adapter.errors import KafkaRpcError
+from adapter.runtime.cli import (
     add_kafka_arguments,
     add_metrics_argument,
     kafka_config,
@@ -18,7 +19,6 @@ from adapter.cli import (
     serve_metrics,
     setup_logging,
 )
-from adapter.errors import KafkaRpcError
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, "handlers", args.log_format)
 
     async def serve(stop: asyncio.Event) -> None:
-        from adapter.config import WorkerConfig
-        from adapter.metrics import HandlerMetrics, new_registry
-        from adapter.routing import routes_for
-        from adapter.tracing import configure as configure_tracing
+        from adapter.protocol.routing import routes_for
+        from adapter.runtime.config import WorkerConfig
+        from adapter.runtime.metrics import HandlerMetrics, new_registry
+        from adapter.runtime.tracing import configure as configure_tracing
         from handlers.registry import collect, load_target
         from handlers.worker import Worker
 

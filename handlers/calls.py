@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from adapter import wire
 from adapter.errors import TransactionAborted, TransportError
-from adapter.logs import call_fields, peer_location
-from adapter.metrics import DEADLINE_SLACK, HandlerMetrics
+from adapter.protocol import wire
+from adapter.runtime.logs import call_fields, peer_location
+from adapter.runtime.metrics import DEADLINE_SLACK, HandlerMetrics
 from handlers.context import HandlerContext
 from handlers.dedupe import KeyReused, ReplyCache, request_digest
 from handlers.dispatcher import Dispatcher

@@ -14,8 +14,8 @@ from typing import Any, NoReturn
 
 import grpc
 
-from adapter import wire
 from adapter.errors import MalformedRecord
+from adapter.protocol import wire
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import hashlib
 import time
 from collections import OrderedDict
 
-from adapter import wire
+from adapter.protocol import wire
 
 #: (caller identity or "", method, idempotency key)
 Key = tuple[str, str, bytes]

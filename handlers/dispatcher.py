@@ -22,11 +22,11 @@ from typing import Any, TypeVar
 
 import grpc
 
-from adapter import wire
-from adapter.handoff import Handoff
-from adapter.logs import call_fields, peer_location
-from adapter.metrics import UNKNOWN_METHOD, HandlerMetrics
-from adapter.tracing import CallSpan, Tracing
+from adapter.protocol import wire
+from adapter.runtime.handoff import Handoff
+from adapter.runtime.logs import call_fields, peer_location
+from adapter.runtime.metrics import UNKNOWN_METHOD, HandlerMetrics
+from adapter.runtime.tracing import CallSpan, Tracing
 from handlers.context import HandlerContext
 from handlers.registry import Method
 

@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
 from adapter.errors import ConfigError
-from adapter.routing import method_path
+from adapter.protocol.routing import method_path
 
 
 @dataclass(frozen=True)

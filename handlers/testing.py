@@ -1,10 +1,10 @@
 """Test your handlers in-process: generated stubs call them through the caller's and the handler's call paths.
 
 `serve_in_memory` collects the targets as ``python -m handlers`` does and yields an
-`adapter.aio_channel.AioKafkaChannel`, the channel Python callers use against Kafka. Each
-call runs the request/reply core (`adapter.requester`, `adapter.stream`), the wire
+`adapter.caller.aio_channel.AioKafkaChannel`, the channel Python callers use against Kafka. Each
+call runs the request/reply core (`adapter.caller.requester`, `adapter.caller.stream`), the wire
 encoding and the handler's call handling (`handlers.calls`, `Dispatcher`, `HandlerContext`),
-with Kafka replaced by `adapter.memory`. What a handler process does around that with Kafka
+with Kafka replaced by `adapter.caller.memory`. What a handler process does around that with Kafka
 (`handlers.worker`: consuming in a group, offsets, flow control, dead letters, rebalances,
 exactly-once) is not run here; the broker tests cover it. All four kinds of call work, with deadlines,
 metadata, statuses and cancellation, as in grpc.aio::
@@ -34,13 +34,13 @@ from typing import Any
 
 import grpc
 
-from adapter import wire
-from adapter.aio_channel import AioKafkaChannel
-from adapter.config import WorkerConfig
-from adapter.memory import MemoryTransport, ReplyRecord
-from adapter.requester import Requester
-from adapter.routing import routes_for
-from adapter.tracing import Tracing
+from adapter.caller.aio_channel import AioKafkaChannel
+from adapter.caller.memory import MemoryTransport, ReplyRecord
+from adapter.caller.requester import Requester
+from adapter.protocol import wire
+from adapter.protocol.routing import routes_for
+from adapter.runtime.config import WorkerConfig
+from adapter.runtime.tracing import Tracing
 from handlers.calls import Calls, Partition
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher

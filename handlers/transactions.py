@@ -35,11 +35,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from adapter.config import WorkerConfig
 from adapter.errors import TransactionAborted, TransportError
 from adapter.kafka import Engine, TransactionalProducer
 from adapter.kafka.handoff import Handoff, deliver
-from adapter.metrics import HandlerMetrics
+from adapter.runtime.config import WorkerConfig
+from adapter.runtime.metrics import HandlerMetrics
 from handlers.fetcher import settle
 from handlers.offsets import OffsetTracker, Partition, encode_done
 

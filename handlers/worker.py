@@ -28,14 +28,15 @@ from typing import Any
 
 import grpc
 
-from adapter import wire
-from adapter.config import WorkerConfig, check_topic
 from adapter.errors import ConfigError, MalformedRecord, RecordRefused, TransactionAborted, TransportError
 from adapter.kafka import Consumer, Offsets, Producer, Record, open_engine
 from adapter.kafka.handoff import Handoff, deliver
-from adapter.logs import record_fields
-from adapter.metrics import HandlerMetrics
-from adapter.routing import Route
+from adapter.protocol import wire
+from adapter.protocol.routing import Route
+from adapter.protocol.topics import check_topic
+from adapter.runtime.config import WorkerConfig
+from adapter.runtime.logs import record_fields
+from adapter.runtime.metrics import HandlerMetrics
 from handlers.calls import Calls, refused_status
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher

@@ -28,7 +28,7 @@ def _reachable(address: str) -> bool:
 
 def engine() -> str:
     """The Kafka engine under test: KAFKA_RPC_KAFKA_CLIENT (which the processes read too), or the default."""
-    from adapter.config import KAFKA_CLIENTS
+    from adapter.runtime.config import KAFKA_CLIENTS
 
     return os.environ.get("KAFKA_RPC_KAFKA_CLIENT") or KAFKA_CLIENTS[0]
 

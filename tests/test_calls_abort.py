@@ -15,8 +15,8 @@ import grpc
 from prometheus_client import CollectorRegistry
 from rpctest.v1 import kitchen_pb2
 
-from adapter import wire
-from adapter.metrics import HandlerMetrics
+from adapter.protocol import wire
+from adapter.runtime.metrics import HandlerMetrics
 from handlers.calls import Calls
 from handlers.dispatcher import Dispatcher
 from handlers.registry import collect

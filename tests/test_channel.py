@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
 from adapter import AioKafkaChannel, KafkaChannel
-from adapter.config import KafkaConfig
+from adapter.runtime.config import KafkaConfig
 from tests import procs
 from tests.conftest import engine
 

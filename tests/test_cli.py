@@ -138,7 +138,7 @@ def test_json_error_lines_carry_the_call_fields(kafka_bootstrap: str, prefix: st
 
     from kafka import KafkaProducer
 
-    from adapter import wire
+    from adapter.protocol import wire
     from tests import procs
 
     worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, "--log-format", "json",

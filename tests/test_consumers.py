@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection
 
-from adapter.consumers import ConsumerWatch
+from adapter.frontend.consumers import ConsumerWatch
 
 
 class Fake:

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from adapter import wire
+from adapter.protocol import wire
 from handlers.dedupe import KeyReused, ReplyCache, request_digest
 
 

@@ -18,7 +18,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
-from adapter import wire
+from adapter.protocol import wire
 from tests import procs
 from tests.test_exactly_once import _committed, _dead_letters
 

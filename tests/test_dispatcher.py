@@ -16,8 +16,8 @@ from google.protobuf import empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
-from adapter import wire
 from adapter.errors import ConfigError
+from adapter.protocol import wire
 from handlers.dispatcher import Dispatcher
 from handlers.registry import ServiceRegistry, collect, load_target
 from tests.kitchen_service import Kitchen

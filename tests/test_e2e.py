@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from kafka import KafkaConsumer, KafkaProducer
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
-from adapter import wire
+from adapter.protocol import wire
 from tests import procs
 
 #: Runs on every Kafka engine (.ci/run repeats it with KAFKA_RPC_KAFKA_CLIENT=kafka-python).

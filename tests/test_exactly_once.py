@@ -21,7 +21,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
-from adapter import wire
+from adapter.protocol import wire
 from handlers.offsets import decode_done
 from tests import procs
 

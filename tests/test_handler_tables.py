@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
-from adapter.aio_channel import AioKafkaChannel
-from adapter.config import KafkaConfig, WorkerConfig
-from adapter.routing import routes_for
+from adapter.caller.aio_channel import AioKafkaChannel
+from adapter.protocol.routing import routes_for
+from adapter.runtime.config import KafkaConfig, WorkerConfig
 from handlers.registry import collect, load_target
 from handlers.worker import Worker
 

@@ -31,7 +31,7 @@ from google.protobuf import message_factory
 from google.rpc import error_details_pb2, status_pb2
 from kafka import KafkaConsumer, TopicPartition
 
-from adapter.protoset import ProtoSet
+from adapter.protocol.protoset import ProtoSet
 from tests import procs
 
 #: Runs on every Kafka engine (.ci/run repeats it with KAFKA_RPC_KAFKA_CLIENT=kafka-python).

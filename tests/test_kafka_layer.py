@@ -1,7 +1,7 @@
 """The Kafka layer's contract (adapter.kafka.contract), the same on every engine, against a real broker.
 
 Each test runs once per engine; the requester-level contract (`Transport`) runs on both
-engines and on `adapter.memory.MemoryTransport`.
+engines and on `adapter.caller.memory.MemoryTransport`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from adapter import wire
-from adapter.config import KAFKA_CLIENTS, KafkaConfig, ReplyConfig
+from adapter.caller.memory import MemoryTransport
+from adapter.caller.transport import KafkaTransport, Transport
 from adapter.errors import MissingTopic, TransportError
 from adapter.kafka import Consumer, Engine, Partition, Record, open_engine
 from adapter.kafka.handoff import Handoff, deliver
-from adapter.memory import MemoryTransport
-from adapter.transport import KafkaTransport, Transport
+from adapter.protocol import wire
+from adapter.runtime.config import KAFKA_CLIENTS, KafkaConfig, ReplyConfig
 
 pytestmark = pytest.mark.kafka
 
@@ -281,7 +281,7 @@ def _echo_transport(kind: str, bootstrap: str) -> tuple[Transport, Callable[[], 
 
 @pytest.mark.parametrize("kind", ["memory", *KAFKA_CLIENTS])
 def test_transport_contract_send_replies_partitions_health(kind: str, kafka_bootstrap: str) -> None:
-    from adapter.requester import Requester
+    from adapter.caller.requester import Requester
 
     transport, stop = _echo_transport(kind, kafka_bootstrap)
 

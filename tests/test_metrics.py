@@ -1,4 +1,4 @@
-"""Metrics (adapter.metrics): counted where things happen, agreeing with the counters, served over HTTP."""
+"""Metrics (adapter.runtime.metrics): counted where things happen, agreeing with the counters, served over HTTP."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
-from adapter import metrics, wire
-from adapter.config import FrontendConfig, KafkaConfig, WorkerConfig
+from adapter.caller.memory import MemoryTransport, ReplyRecord
 from adapter.errors import ConfigError
-from adapter.gateway import Gateway
+from adapter.frontend.gateway import Gateway
 from adapter.kafka import kafka_python
-from adapter.memory import MemoryTransport, ReplyRecord
-from adapter.metrics import FrontendMetrics, HandlerMetrics
-from adapter.protoset import ProtoSet
+from adapter.protocol import wire
+from adapter.protocol.protoset import ProtoSet
+from adapter.runtime import metrics
+from adapter.runtime.config import FrontendConfig, KafkaConfig, WorkerConfig
+from adapter.runtime.metrics import FrontendMetrics, HandlerMetrics
 from handlers.calls import Calls
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
@@ -271,7 +272,7 @@ def test_endpoint_serves_the_registry_over_http() -> None:
 
 
 def test_metrics_port_flag_environment_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
-    from adapter.__main__ import parse as parse_adapter
+    from adapter.frontend.main import parse as parse_adapter
     from handlers.__main__ import parse as parse_handlers
 
     assert parse_adapter(["--proto-path", "protos"]).metrics_port is None

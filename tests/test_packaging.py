@@ -65,7 +65,7 @@ def test_the_installed_wheel_serves_a_proto_that_uses_the_options(kafka_bootstra
     protos = tmp_path / "protos" / "demo" / "v1"
     protos.mkdir(parents=True)
     (protos / "demo.proto").write_text(DEMO)
-    options_root = _run(python, "-c", "import adapter.protoset as p; print(p.OPTIONS_ROOT)", cwd=tmp_path,
+    options_root = _run(python, "-c", "import adapter.protocol.protoset as p; print(p.OPTIONS_ROOT)", cwd=tmp_path,
                         env=env).strip()
     gen = tmp_path / "gen"
     gen.mkdir()

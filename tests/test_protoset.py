@@ -1,4 +1,4 @@
-"""adapter.protoset: loading .proto folders (no broker)."""
+"""adapter.protocol.protoset: loading .proto folders (no broker)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from adapter.errors import ProtoError
-from adapter.protoset import ProtoSet
+from adapter.protocol.protoset import ProtoSet
 
 SERVICE = 'syntax = "proto3";\npackage odd.v1;\nmessage M {{ string s = 1; }}\nservice {name} {{ rpc Do(M) returns (M); }}\n'
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from adapter import wire
-from adapter.config import KafkaConfig, ReplyConfig
+from adapter.caller.replies import ReplyListener
 from adapter.kafka import Record
-from adapter.replies import ReplyListener
+from adapter.protocol import wire
+from adapter.runtime.config import KafkaConfig, ReplyConfig
 
 TOPIC = "r.replies"
 

@@ -13,8 +13,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
-from adapter import wire
-from adapter.aio_channel import AioKafkaChannel
+from adapter.caller.aio_channel import AioKafkaChannel
+from adapter.protocol import wire
 from tests import procs
 from tests.test_exactly_once import _dead_letters
 

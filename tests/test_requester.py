@@ -1,4 +1,4 @@
-"""The request/reply core (adapter.requester) over the in-memory transport (adapter.memory)."""
+"""The request/reply core (adapter.caller.requester) over the in-memory transport (adapter.caller.memory)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import Any
 import grpc
 import pytest
 
-from adapter import wire
+from adapter.caller.memory import MemoryTransport, ReplyRecord
+from adapter.caller.replies import OnPartitions, OnReplies
+from adapter.caller.requester import Requester
+from adapter.caller.transport import OnError
 from adapter.errors import CallError, CallTimeout, TransportError
-from adapter.memory import MemoryTransport, ReplyRecord
-from adapter.replies import OnPartitions, OnReplies
-from adapter.requester import Requester
-from adapter.transport import OnError
+from adapter.protocol import wire
 
 METHOD = "/pkg.Svc/Do"
 

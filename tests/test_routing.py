@@ -1,4 +1,4 @@
-"""Routes (adapter.routing) from generated descriptors and from .proto files loaded at run time."""
+"""Routes (adapter.protocol.routing) from generated descriptors and from .proto files loaded at run time."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from shop.coupon.v1 import coupon_pb2
 from shop.mail.v1 import mail_pb2
 
 from adapter.errors import ConfigError, ProtoError
-from adapter.protoset import ProtoSet
-from adapter.routing import Route, method_path, routes_for
+from adapter.protocol.protoset import ProtoSet
+from adapter.protocol.routing import Route, method_path, routes_for
 
 PROTOS = Path(__file__).resolve().parent.parent / "protos"
 KITCHEN = kitchen_pb2.DESCRIPTOR.services_by_name["Kitchen"]

@@ -9,10 +9,10 @@ import asyncio
 
 from rpctest.v1 import kitchen_pb2
 
-from adapter import wire
-from adapter.config import KafkaConfig, WorkerConfig
-from adapter.routing import routes_for
-from adapter.stream import SEND_WINDOW, Stream
+from adapter.caller.stream import SEND_WINDOW, Stream
+from adapter.protocol import wire
+from adapter.protocol.routing import routes_for
+from adapter.runtime.config import KafkaConfig, WorkerConfig
 from handlers.registry import collect, load_target
 from handlers.worker import STREAM_WINDOW, Worker
 

@@ -1,4 +1,4 @@
-"""Tracing (adapter.tracing): the caller's span, the handler's span, linked through the records.
+"""Tracing (adapter.runtime.tracing): the caller's span, the handler's span, linked through the records.
 
 In process, with the SDK's in-memory exporter given to `serve_in_memory`; then through real
 processes and a real broker, exporting over OTLP to a collector this test runs.
@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
-from adapter import wire
+from adapter.protocol import wire
 from handlers.testing import serve_in_memory
 from tests import procs
 from tests.kitchen_service import Kitchen
@@ -290,7 +290,7 @@ def test_without_opentelemetry_installed_calls_work_and_asking_for_spans_is_a_cl
         sys.modules["opentelemetry"] = None  # as if it were not installed: importing it fails
         from google.protobuf import empty_pb2
         from rpctest.v1 import kitchen_pb2_grpc
-        from adapter import tracing
+        from adapter.runtime import tracing
         from adapter.errors import ConfigError
         from handlers.testing import serve_in_memory
         from tests.kitchen_service import Kitchen
@@ -495,8 +495,8 @@ def sent_request(bootstrap: str, topic: str, method: str) -> wire.Request:
 CHANNEL_APP = """
 import os, sys
 from opentelemetry import trace
-from adapter.channel import KafkaChannel
-from adapter.tracing import configure
+from adapter.caller.channel import KafkaChannel
+from adapter.runtime.tracing import configure
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
 configure("channel-app", os.environ)
@@ -535,7 +535,7 @@ def test_a_blocking_kafka_channel_carries_the_callers_span(kafka_bootstrap: str,
 
 def test_a_plain_traceparent_record_header_parents_the_handler_span(provider: Provider) -> None:
     # A Spring requester with tracing on writes W3C trace context as plain record headers.
-    from adapter.tracing import Tracing
+    from adapter.runtime.tracing import Tracing
     from handlers.dispatcher import Dispatcher
     from handlers.registry import collect
 

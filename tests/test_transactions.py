@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from adapter.config import KafkaConfig, WorkerConfig
 from adapter.errors import TransportError
 from adapter.kafka.handoff import Handoff
-from adapter.metrics import HandlerMetrics
+from adapter.runtime.config import KafkaConfig, WorkerConfig
+from adapter.runtime.metrics import HandlerMetrics
 from handlers import transactions
 from handlers.offsets import OffsetTracker, decode_done
 from handlers.transactions import Transactions

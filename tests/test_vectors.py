@@ -1,6 +1,6 @@
 """Conformance vectors (tests/vectors/*.json, format in tests/vectors/README.md).
 
-`adapter.wire` must read every vector's records as the vector says and write the canonical
+`adapter.protocol.wire` must read every vector's records as the vector says and write the canonical
 ones byte for byte; a real handler process, given the request records on a real broker,
 must answer with exactly the reply records and dead letters (less the fields a vector lists
 in `ignore`).
@@ -21,8 +21,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from adapter import wire
 from adapter.errors import MalformedRecord
+from adapter.protocol import wire
 from tests import procs
 
 VECTORS = [json.loads(path.read_text()) for path in sorted((Path(__file__).parent / "vectors").glob("*.json"))]
@@ -85,7 +85,7 @@ def test_vectors_are_present_and_named_after_their_file() -> None:
         assert list(vector) == FIELDS, vector["name"]
 
 
-# What adapter.wire reads and writes.
+# What adapter.protocol.wire reads and writes.
 
 
 def frame_json(frame: wire.Frame) -> dict[str, Any]:

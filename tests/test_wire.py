@@ -1,4 +1,4 @@
-"""The wire protocol (adapter.wire): round trips, Spring compatibility, malformed records."""
+"""The wire protocol (adapter.protocol.wire): round trips, Spring compatibility, malformed records."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapter import wire
 from adapter.errors import MalformedRecord
-from adapter.wire import Reply, Request
+from adapter.protocol import wire
+from adapter.protocol.wire import Reply, Request
 
 CID = bytes(range(16))
 

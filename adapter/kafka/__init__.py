@@ -9,13 +9,13 @@
 `contract` says what an engine offers, in the project's terms (records, partitions as
 ``(topic, partition)``, `TransportError`); `confluent` (librdkafka) and `kafka_python` (pure
 Python) implement it with the same behaviour; `handoff` brings their callbacks onto the event
-loop in batches. `adapter.memory` implements the requester's side of it without a broker.
+loop in batches. `adapter.caller.memory` implements the requester's side of it without a broker.
 """
 
 from __future__ import annotations
 
-from adapter.config import KAFKA_CLIENTS, KafkaConfig
 from adapter.kafka.contract import Admin, Consumer, Engine, Offsets, Partition, Producer, Record, TransactionalProducer
+from adapter.runtime.config import KAFKA_CLIENTS, KafkaConfig
 
 __all__ = ["ENGINES", "Admin", "Consumer", "Engine", "Offsets", "Partition", "Producer", "Record",
            "TransactionalProducer", "open_engine"]

@@ -35,7 +35,6 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as TP
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
-from adapter.config import KafkaConfig
 from adapter.errors import MissingTopic, RecordRefused, TransportError
 from adapter.kafka.contract import (
     Offsets,
@@ -50,6 +49,7 @@ from adapter.kafka.contract import (
 )
 from adapter.kafka.group_lookup import GroupLookup
 from adapter.kafka.hints import tls_hint
+from adapter.runtime.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 _librdkafka_log = logging.getLogger("librdkafka")
@@ -581,7 +581,7 @@ class _Admin:
     def consumers(self, topics: Collection[str], timeout: float) -> dict[str, set[str]]:
         # Not in this process: librdkafka may abort it (adapter.kafka.group_lookup says why).
         if self._lookup is None:
-            self._lookup = GroupLookup(self._config)
+            self._lookup = GroupLookup(self._config, consumers_in_child)
         return self._lookup.consumers(topics, timeout)
 
     def consumers_here(self, topics: Collection[str], timeout: float) -> dict[str, set[str]]:
@@ -620,3 +620,15 @@ class _Admin:
         # AdminClient has no close; its threads end with it.
         if self._lookup is not None:
             self._lookup.close()
+
+
+#: A group lookup child's admin client, made on its first lookup and kept.
+_child_admin: _Admin | None = None
+
+
+def consumers_in_child(config: KafkaConfig, topics: list[str], timeout: float) -> dict[str, set[str]]:
+    """`Admin.consumers` as the lookup's child process runs it (`adapter.kafka.group_lookup`)."""
+    global _child_admin
+    if _child_admin is None:
+        _child_admin = ConfluentEngine(config).admin(timeout)
+    return _child_admin.consumers_here(topics, timeout)

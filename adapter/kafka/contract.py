@@ -20,8 +20,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adapter.config import KafkaConfig
 from adapter.errors import ConfigError
+from adapter.runtime.config import KafkaConfig
 
 #: A topic partition: ``(topic, partition)``.
 Partition = tuple[str, int]

@@ -8,7 +8,7 @@ failovers included: with a group coordinator killed (tests/test_cluster_faults.p
 died with every call it held. In a child process the abort costs one lookup (Kafka "cannot
 tell", as when it is unreachable); the next lookup starts a new child.
 
-    lookup = GroupLookup(config)
+    lookup = GroupLookup(config, consumers_in_child)   # a module-level function of the engine
     lookup.consumers(["SEND_MAIL"], timeout=3.0)   # {"SEND_MAIL": {"shop"}}
     lookup.close()
 """
@@ -19,18 +19,17 @@ import logging
 import multiprocessing
 import signal
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
-from adapter.config import KafkaConfig
 from adapter.errors import TransportError
+from adapter.runtime.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 
-#: The child's admin client, made on its first lookup and kept (one per child).
-_admin: Any = None
+#: What the child runs: ``lookup(config, topics, timeout)``, a module-level function (pickled by name).
+Lookup = Callable[[KafkaConfig, list[str], float], dict[str, set[str]]]
 
 
 def _child_start() -> None:
@@ -38,21 +37,12 @@ def _child_start() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _child_consumers(config: KafkaConfig, topics: list[str], timeout: float) -> dict[str, set[str]]:
-    global _admin
-    if _admin is None:
-        from adapter.kafka.confluent import ConfluentEngine
-
-        _admin = ConfluentEngine(config).admin(timeout)
-    result: dict[str, set[str]] = _admin.consumers_here(topics, timeout)
-    return result
-
-
 class GroupLookup:
-    """`Admin.consumers` of the confluent engine, run in a (spawned) child process."""
+    """`Admin.consumers` of the confluent engine, run in a (spawned) child process by `lookup`."""
 
-    def __init__(self, config: KafkaConfig) -> None:
+    def __init__(self, config: KafkaConfig, lookup: Lookup) -> None:
         self._config = config
+        self._lookup = lookup
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -65,7 +55,7 @@ class GroupLookup:
             pool = self._pool
         try:
             # The child's first lookup also starts Python and connects: give it time.
-            return pool.submit(_child_consumers, self._config, sorted(topics), timeout).result(timeout + 30)
+            return pool.submit(self._lookup, self._config, sorted(topics), timeout).result(timeout + 30)
         except BrokenProcessPool as exc:
             log.warning("the consumer-group lookup process died (librdkafka issue 4605, during a broker "
                         "failure?): the next lookup starts another")

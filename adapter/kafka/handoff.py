@@ -1,4 +1,4 @@
-"""Kafka delivery reports as asyncio futures, handed to the event loop in batches (`adapter.handoff`).
+"""Kafka delivery reports as asyncio futures, handed to the event loop in batches (`adapter.runtime.handoff`).
 
     handoff = Handoff(asyncio.get_running_loop())
     future = deliver(producer, handoff, "replies", b"value", None, headers)   # asyncio future
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from adapter.handoff import Handoff
 from adapter.kafka.contract import Producer
+from adapter.runtime.handoff import Handoff
 
 __all__ = ["Handoff", "deliver"]
 

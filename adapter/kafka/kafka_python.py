@@ -29,7 +29,6 @@ from kafka.errors import KafkaError, SaslAuthenticationFailedError, TopicAlready
 from kafka.protocol.api_message import ApiMessage
 from kafka.structs import OffsetAndMetadata
 
-from adapter.config import KafkaConfig
 from adapter.errors import ConfigError, MissingTopic, RecordRefused, TransportError
 from adapter.kafka import schemas
 from adapter.kafka.balanced import TopicBalancedAssignor
@@ -45,6 +44,7 @@ from adapter.kafka.contract import (
     record_limit,
 )
 from adapter.kafka.hints import tls_hint
+from adapter.runtime.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 

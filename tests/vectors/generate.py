@@ -116,7 +116,7 @@ def reply_headers(correlation: bytes, code: int, message: str = "",
 
 
 def frame_headers(correlation: bytes, kind: str, seq: int | None = None) -> list[tuple[str, bytes]]:
-    """A stream frame's headers as adapter.wire writes them: rpc-seq on messages only."""
+    """A stream frame's headers as adapter.protocol.wire writes them: rpc-seq on messages only."""
     headers = [(CORRELATION_ID, correlation), ("rpc-kind", kind.encode())]
     if kind == "msg":
         headers.append(("rpc-seq", str(seq).encode()))
@@ -233,7 +233,7 @@ def rejection(topic: str, headers: list[tuple[str, bytes]], reason: str, key: by
 
 def malformed(name: str, description: str, headers: list[tuple[str, bytes]], error: str, *, value: bytes = b"",
               key: bytes | None = None, topic: str = KITCHEN, is_frame: bool = False) -> dict[str, Any]:
-    """A record adapter.wire refuses (MalformedRecord `error`): the handler rejects it."""
+    """A record adapter.protocol.wire refuses (MalformedRecord `error`): the handler rejects it."""
     reply, dead, outcome = rejection(topic, headers, f"malformed request: {error}", key, value)
     bad = {**record(topic, headers, value, key), "error": error}
     return vector(

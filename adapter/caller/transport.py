@@ -1,6 +1,6 @@
 """What the request/reply core needs from a broker, and its Kafka implementation.
 
-The contract is small so that a test can replace Kafka with memory (`adapter.memory`):
+The contract is small so that a test can replace Kafka with memory (`adapter.caller.memory`):
 send a record, say where replies should go, hand replies back.
 """
 
@@ -11,12 +11,12 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Protocol
 
-from adapter import wire
-from adapter.config import ReplyConfig
+from adapter.caller.replies import OnPartitions, OnReplies, ReplyListener
 from adapter.errors import TransportError
 from adapter.kafka import Admin, Producer, open_engine
-from adapter.metrics import FrontendMetrics
-from adapter.replies import OnPartitions, OnReplies, ReplyListener
+from adapter.protocol import wire
+from adapter.runtime.config import ReplyConfig
+from adapter.runtime.metrics import FrontendMetrics
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
 
-from adapter import wire
+from adapter.caller.replies import OnPartitions, OnReplies
+from adapter.caller.transport import OnError
 from adapter.errors import MalformedRecord, TransportError
-from adapter.replies import OnPartitions, OnReplies
-from adapter.transport import OnError
+from adapter.protocol import wire
 
 log = logging.getLogger(__name__)
 

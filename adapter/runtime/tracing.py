@@ -27,10 +27,10 @@ from typing import Any
 
 import grpc
 
-from adapter import wire
 from adapter.errors import ConfigError
-from adapter.logs import peer_location
-from adapter.metrics import DEADLINE_SLACK
+from adapter.protocol import wire
+from adapter.runtime.logs import peer_location
+from adapter.runtime.metrics import DEADLINE_SLACK
 
 try:
     from opentelemetry import context as otel_context

@@ -22,7 +22,7 @@ from adapter.errors import ProtoError
 
 #: Folder holding `kafka_rpc/options.proto` (shipped in the package; `protos/kafka_rpc/options.proto`
 #: of a checkout links to it), always on the import path. Compile your own protos that import the
-#: options with ``-I "$(python -c 'import adapter.protoset as p; print(p.OPTIONS_ROOT)')"``.
+#: options with ``-I "$(python -c 'import adapter.protocol.protoset as p; print(p.OPTIONS_ROOT)')"``.
 OPTIONS_ROOT = Path(__file__).resolve().parent / "protos"
 
 

@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any
 
-from adapter import wire
+from adapter.protocol import wire
 
 #: The call fields a log record may carry (`extra=`), in the order JSON lines show them.
 FIELDS = ("method", "correlation_id", "topic", "partition", "offset")

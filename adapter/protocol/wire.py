@@ -6,7 +6,7 @@ prose twin: change both together.
 
 A request record::
 
-    topic   = the method's request topic (see `adapter.routing`)
+    topic   = the method's request topic (see `adapter.protocol.routing`)
     key     = the partition key (or none)
     value   = the request message, serialized protobuf (no gRPC framing)
     headers = kafka_correlationId, kafka_replyTopic, kafka_replyPartition,

@@ -25,12 +25,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from adapter import wire
-from adapter.config import ReplyConfig
 from adapter.errors import MalformedRecord
 from adapter.kafka import Consumer, Engine, Offsets, Partition, Record
-from adapter.logs import record_fields
-from adapter.metrics import FrontendMetrics
+from adapter.protocol import wire
+from adapter.runtime.config import ReplyConfig
+from adapter.runtime.logs import record_fields
+from adapter.runtime.metrics import FrontendMetrics
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapter.config import KAFKA_CLIENTS, KafkaConfig, MiB
 from adapter.errors import ConfigError, KafkaRpcError
-from adapter.logs import JsonFormatter
+from adapter.runtime.config import KAFKA_CLIENTS, KafkaConfig, MiB
+from adapter.runtime.logs import JsonFormatter
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from adapter.metrics import Endpoint
+    from adapter.runtime.metrics import Endpoint
 
 
 def env(name: str, default: str) -> str:
@@ -288,7 +288,7 @@ def serve_metrics(port: int | None, registry: CollectorRegistry, name: str,
     """Start the metrics endpoint when a port is set, and say where it is."""
     if port is None:
         return None
-    from adapter.metrics import serve
+    from adapter.runtime.metrics import serve
 
     try:
         endpoint = serve(port, registry, address)

@@ -1,7 +1,7 @@
 """`AioKafkaChannel`: generated stubs call handler processes straight through Kafka, with asyncio.
 
 The Python counterpart of Spring's ``ReplyingKafkaTemplate``: a ``grpc.aio.Channel`` whose
-calls are made by the frontend's own request/reply core (`adapter.requester`), so topics,
+calls are made by the frontend's own request/reply core (`adapter.caller.requester`), so topics,
 keys, deadlines, metadata and statuses are the ones a call through the frontend gets::
 
     channel = await AioKafkaChannel.connect([kitchen_pb2], bootstrap_servers="127.0.0.1:9092")
@@ -12,7 +12,7 @@ keys, deadlines, metadata and statuses are the ones a call through the frontend 
             ...
 
 As with ``grpc.aio``, a failed call raises ``grpc.aio.AioRpcError`` and a cancelled one
-``asyncio.CancelledError``. `adapter.channel.KafkaChannel` is the blocking flavour.
+``asyncio.CancelledError``. `adapter.caller.channel.KafkaChannel` is the blocking flavour.
 """
 
 from __future__ import annotations
@@ -30,11 +30,8 @@ import grpc.aio
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 
-from adapter.config import CHANNEL_REPLY_TOPIC, KAFKA_CLIENTS, KafkaConfig, ReplyConfig
-from adapter.errors import ConfigError
-from adapter.requester import Requester
-from adapter.routing import Route, routes_for
-from adapter.stub_calls import (
+from adapter.caller.requester import Requester
+from adapter.caller.stub_calls import (
     Call,
     StreamStreamMethod,
     StreamUnaryMethod,
@@ -42,11 +39,14 @@ from adapter.stub_calls import (
     UnaryStreamMethod,
     UnaryUnaryMethod,
 )
-from adapter.transport import KafkaTransport
+from adapter.caller.transport import KafkaTransport
+from adapter.errors import ConfigError
+from adapter.protocol.routing import Route, routes_for
+from adapter.runtime.config import CHANNEL_REPLY_TOPIC, KAFKA_CLIENTS, KafkaConfig, ReplyConfig
 
 log = logging.getLogger(__name__)
 
-#: Reply topic of channels by default, after the topic prefix (see `adapter.config`).
+#: Reply topic of channels by default, after the topic prefix (see `adapter.runtime.config`).
 REPLY_TOPIC = CHANNEL_REPLY_TOPIC
 
 
@@ -57,7 +57,7 @@ class AioKafkaChannel(grpc.aio.Channel):
         self.requester = requester
         self.routes = dict(routes)
         # Calls not yet ended, for close() to cancel; weak, so a call dropped unread is not kept.
-        self._calls: weakref.WeakSet[Call] = weakref.WeakSet()
+        self.calls: weakref.WeakSet[Call] = weakref.WeakSet()
         self._started = False
         self._closed = False
 
@@ -109,14 +109,19 @@ class AioKafkaChannel(grpc.aio.Channel):
         await self.requester.start(timeout)
         self._started = True
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called: new calls raise `grpc.aio.UsageError`."""
+        return self._closed
+
     async def close(self, grace: float | None = None) -> None:
         """Let calls in flight finish for `grace` seconds, cancel the rest, disconnect."""
         if self._closed:
             return
         self._closed = True
-        if grace and self._calls:
-            await asyncio.wait([asyncio.ensure_future(call._ended.wait()) for call in self._calls], timeout=grace)
-        for call in list(self._calls):
+        if grace and self.calls:
+            await asyncio.wait([asyncio.ensure_future(call.wait_ended()) for call in self.calls], timeout=grace)
+        for call in list(self.calls):
             call.cancel()
         await asyncio.sleep(0)  # cancelled unary calls send their cancel records
         await self.requester.stop()

@@ -19,8 +19,8 @@ from typing import Any
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 
-from adapter.config import check_topic
 from adapter.errors import ProtoError
+from adapter.protocol.topics import check_topic
 
 _SERVICE_TOPIC = "kafka_rpc.service_topic"
 _METHOD_TOPIC = "kafka_rpc.topic"

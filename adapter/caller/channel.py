@@ -1,6 +1,6 @@
 """`KafkaChannel`: a blocking ``grpc.Channel`` over Kafka, for code without an event loop.
 
-It runs an `adapter.aio_channel.AioKafkaChannel` on an event loop of its own, on a
+It runs an `adapter.caller.aio_channel.AioKafkaChannel` on an event loop of its own, on a
 background thread, and offers what ``grpc.Channel`` offers to generated stubs::
 
     with KafkaChannel.connect([kitchen_pb2], bootstrap_servers="127.0.0.1:9092") as channel:
@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
-from adapter.aio_channel import AioKafkaChannel
-from adapter.config import KafkaConfig
-from adapter.stub_calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall
+from adapter.caller.aio_channel import AioKafkaChannel
+from adapter.caller.stub_calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall
+from adapter.runtime.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 
-from adapter import wire
 from adapter.errors import CallError, CallTimeout
-from adapter.tracing import CallSpan, code_when_cancelled
-
-if TYPE_CHECKING:
-    from adapter.requester import Requester
+from adapter.protocol import wire
+from adapter.runtime.tracing import CallSpan, code_when_cancelled
 
 #: Request messages sent and not yet acknowledged by Kafka, per stream.
 SEND_WINDOW = 64
@@ -33,10 +30,22 @@ SEND_WINDOW = 64
 MESSAGE_OVERHEAD = 64
 
 
+
+class StreamOwner(Protocol):
+    """What a stream needs of the requester that opened it (`adapter.caller.requester.Requester`)."""
+
+    #: Bytes of response messages held for slow clients, by all streams; and the most allowed.
+    buffered_total: int
+    max_buffered_total: int
+
+    def send_frame(self, stream: Stream, frame: wire.Frame, on_ack: Callable[[], None] | None = None) -> None: ...
+
+    def forget(self, stream: Stream) -> None: ...
+
 class Stream:
     """A streaming call: send request messages, iterate response messages."""
 
-    def __init__(self, requester: Requester, request: wire.Request, topic: str, key: bytes, partition: int,
+    def __init__(self, requester: StreamOwner, request: wire.Request, topic: str, key: bytes, partition: int,
                  max_buffered: int, span: CallSpan | None = None) -> None:
         self.request = request
         self.topic = topic

@@ -26,16 +26,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from adapter import wire
-from adapter.config import FrontendConfig
-from adapter.consumers import ConsumerWatch
+from adapter.caller.requester import Requester
+from adapter.caller.stream import Stream
+from adapter.caller.transport import KafkaTransport, Transport
 from adapter.errors import CallError, ConfigError
-from adapter.metrics import DEADLINE_SLACK, CallMetrics, FrontendMetrics
-from adapter.protoset import ProtoSet
-from adapter.requester import Requester
-from adapter.routing import Route, method_path, routes_for
-from adapter.stream import Stream
-from adapter.transport import KafkaTransport, Transport
+from adapter.frontend.consumers import ConsumerWatch
+from adapter.protocol import wire
+from adapter.protocol.protoset import ProtoSet
+from adapter.protocol.routing import Route, method_path, routes_for
+from adapter.runtime.config import FrontendConfig
+from adapter.runtime.metrics import DEADLINE_SLACK, CallMetrics, FrontendMetrics
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from adapter import wire
+from adapter.caller.stream import Stream
+from adapter.caller.transport import Transport
 from adapter.errors import CallError, CallTimeout, TransportError
-from adapter.logs import call_fields
-from adapter.metrics import FrontendMetrics
-from adapter.stream import Stream
-from adapter.tracing import CallSpan, Tracing, code_when_cancelled
-from adapter.transport import Transport
+from adapter.protocol import wire
+from adapter.runtime.logs import call_fields
+from adapter.runtime.metrics import FrontendMetrics
+from adapter.runtime.tracing import CallSpan, Tracing, code_when_cancelled
 
 log = logging.getLogger(__name__)
 

@@ -15,21 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from adapter.errors import ConfigError
+from adapter.protocol.topics import check_topic
 
 MiB = 1024 * 1024
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 #: Kafka client libraries ("engines") the project runs on; the first is the default.
 KAFKA_CLIENTS = ("confluent", "kafka-python")
 #: Consumer group protocols a handler group may use (`WorkerConfig.group_protocol`).
 GROUP_PROTOCOLS = ("auto", "consumer", "classic")
 _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9.:_-]*\]?:\d{1,5}$")
-
-
-def check_topic(name: str, setting: str = "topic") -> str:
-    """Return `name` if Kafka accepts it as a topic name, else raise ConfigError."""
-    if not _TOPIC.match(name) or name in (".", ".."):
-        raise ConfigError(f"{setting}: {name!r} is not a valid Kafka topic name (letters, digits, '.', '_', '-')")
-    return name
 
 
 def _positive(setting: str, value: float) -> None:

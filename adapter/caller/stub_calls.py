@@ -1,4 +1,4 @@
-"""The calls a generated stub makes on an `adapter.aio_channel.AioKafkaChannel`.
+"""The calls a generated stub makes on an `adapter.caller.aio_channel.AioKafkaChannel`.
 
 Each is a ``grpc.aio`` call object (``UnaryUnaryCall``, ``UnaryStreamCall``,
 ``StreamUnaryCall``, ``StreamStreamCall``) made by the frontend's own request/reply core, so a
@@ -11,30 +11,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Generator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, MutableSet
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
-from adapter import wire
+from adapter.caller.stream import Stream
 from adapter.errors import CallError, MalformedRecord, TransportError
-from adapter.stream import Stream
+from adapter.protocol import wire
 
 if TYPE_CHECKING:
-    from adapter.aio_channel import AioKafkaChannel
-    from adapter.requester import Requester
+    from adapter.caller.requester import Requester
+    from adapter.protocol.routing import Route
 
 log = logging.getLogger(__name__)
 
 _CANCELLED = "Locally cancelled by application!"
 _OK = grpc.StatusCode.OK
 
+
+class CallOwner(Protocol):
+    """What a call needs of the channel it runs on (`adapter.caller.aio_channel.AioKafkaChannel`)."""
+
+    requester: Requester
+    routes: Mapping[str, Route]
+    #: The calls in progress, which the channel cancels when it closes.
+    calls: MutableSet[Call]
+
+    @property
+    def closed(self) -> bool: ...
+
 class StubMethod:
     """One method as a stub sees it: where it goes and how its messages are (de)serialized."""
 
-    def __init__(self, channel: AioKafkaChannel, path: str, serializer: Callable[[Any], bytes] | None,
+    def __init__(self, channel: CallOwner, path: str, serializer: Callable[[Any], bytes] | None,
                  deserializer: Callable[[bytes], Any] | None) -> None:
         self.channel = channel
         self.path = path
@@ -42,7 +54,7 @@ class StubMethod:
         self.deserialize: Callable[[bytes], Any] = deserializer or _same
 
     def check_open(self) -> None:
-        if self.channel._closed:
+        if self.channel.closed:
             raise grpc.aio.UsageError("Channel is closed.")
 
 
@@ -95,7 +107,7 @@ class Call:
         self._ended = asyncio.Event()
         self._callbacks: list[Callable[[Any], None]] = []
         self._metadata: wire.Metadata = ()
-        method.channel._calls.add(self)
+        method.channel.calls.add(self)
         route = method.channel.routes.get(method.path)
         if route is None:
             self._end(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
@@ -150,6 +162,10 @@ class Call:
     async def details(self) -> str:
         return (await self._final()).message
 
+    async def wait_ended(self) -> None:
+        """Wait until the call has its status (the channel's graceful close waits so)."""
+        await self._ended.wait()
+
     async def _final(self) -> wire.Reply:
         await self._ended.wait()
         assert self._status is not None
@@ -169,7 +185,7 @@ class Call:
                 reply = wire.Reply(b"", grpc.StatusCode.INTERNAL, "Exception deserializing response!")
         self._status = reply
         self._ended.set()
-        self._method.channel._calls.discard(self)
+        self._method.channel.calls.discard(self)
         self._abandon()
         for callback in self._callbacks:
             try:
@@ -225,7 +241,7 @@ class UnaryUnaryCall(Call, grpc.aio.UnaryUnaryCall):
         return self._result()
 
     async def _invoke(self, request: Any) -> wire.Reply:
-        # As the frontend does (adapter.gateway): key and idempotency key from the request's fields,
+        # As the frontend does (adapter.frontend.gateway): key and idempotency key from the request's fields,
         # or the idempotency key from metadata.
         try:
             payload = self._method.serialize(request)
@@ -254,7 +270,7 @@ class UnaryUnaryCall(Call, grpc.aio.UnaryUnaryCall):
 
 
 class _StreamingCall(Call):
-    """A call carried by an `adapter.stream.Stream`: server, client or bidi streaming."""
+    """A call carried by an `adapter.caller.stream.Stream`: server, client or bidi streaming."""
 
     def __init__(self, method: StubMethod, timeout: float | None, metadata: Any, *, request: Any = None,
                  requests: Any = None, client_streaming: bool = False) -> None:
