@@ -124,7 +124,12 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
         return summary
 
     async def SlowCollect(self, request_iterator, context):
-        await asyncio.sleep(10)  # the request messages pile up in the handler meanwhile
+        # The request messages pile up in the handler meanwhile: for 10 s, or the seconds of a
+        # "hold" metadata entry, or until the call ends (a limit ended it).
+        hold = float(dict(context.invocation_metadata() or ()).get("hold", "10"))
+        deadline = time.monotonic() + hold
+        while context.is_active() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         return await self.AsyncCollect(request_iterator, context)
 
     async def Chat(self, request_iterator, context):
