@@ -9,15 +9,13 @@ import os
 import sys
 import threading
 
-from adapter.errors import KafkaRpcError
 from adapter.runtime.cli import (
     add_kafka_arguments,
     add_metrics_argument,
+    command,
     kafka_config,
     parse_settings,
-    run,
     serve_metrics,
-    setup_logging,
 )
 
 
@@ -71,63 +69,58 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse(argv)
-    except KafkaRpcError as exc:
-        print(f"handlers: error: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(args.log_level, "handlers", args.log_format)
-
-    async def serve(stop: asyncio.Event) -> None:
-        from adapter.protocol.routing import routes_for
-        from adapter.runtime.config import WorkerConfig
-        from adapter.runtime.metrics import HandlerMetrics, new_registry
-        from adapter.runtime.tracing import configure as configure_tracing
-        from handlers.registry import collect, load_target
-        from handlers.worker import Worker
-
-        configure_tracing("kafka-rpc-handlers", os.environ)  # spans only when the standard OTEL_* variables ask
-
-        config = WorkerConfig(
-            kafka=kafka_config(args),
-            group=args.group,
-            concurrency=args.concurrency,
-            max_pending=args.max_pending or 16 * args.concurrency,
-            max_client_streams=args.max_client_streams,
-            drain_timeout=args.drain_timeout,
-            session_timeout=args.session_timeout,
-            reply_topics=tuple(args.allow_reply_topic or ()),
-            dead_letter_topic=args.dead_letter_topic,
-            dedupe_window=args.dedupe_window,
-            metrics_port=args.metrics_port,
-            group_protocol=args.group_protocol,
-            exactly_once=args.exactly_once,
-            transactional_id=args.transactional_id,
-        )
-        methods, services = collect(load_target(t) for t in args.targets)
-        registry = new_registry()
-        worker = Worker(config, methods, routes_for(services, config.kafka.topic_prefix), HandlerMetrics(registry))
-        ready = asyncio.Event()
-
-        async def announce() -> None:
-            await ready.wait()
-            names = ", ".join(s.full_name for s in services)
-            print(f"handlers: serving {len(methods)} methods of {names} from topics {', '.join(worker.topics)} "
-                  f"in group {config.group}", flush=True)
-
-        endpoint = serve_metrics(config.metrics_port, registry, "handlers", args.metrics_address)
-        announcer = asyncio.create_task(announce())
-        try:
-            await worker.run(stop, ready)
-        finally:
-            announcer.cancel()
-            if endpoint is not None:
-                endpoint.close()
-        logging.getLogger("handlers").info("stopped after %d replies", worker.replied)
-
-    code = run(serve, "handlers")
+    code = command("handlers", parse, argv, _serve)
     _exit_past_stuck_handlers(code)
     return code
+
+
+async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    from adapter.protocol.routing import routes_for
+    from adapter.runtime.config import WorkerConfig
+    from adapter.runtime.metrics import HandlerMetrics, new_registry
+    from adapter.runtime.tracing import configure as configure_tracing
+    from handlers.registry import collect, load_target
+    from handlers.worker import Worker
+
+    configure_tracing("kafka-rpc-handlers", os.environ)  # spans only when the standard OTEL_* variables ask
+
+    config = WorkerConfig(
+        kafka=kafka_config(args),
+        group=args.group,
+        concurrency=args.concurrency,
+        max_pending=args.max_pending or 16 * args.concurrency,
+        max_client_streams=args.max_client_streams,
+        drain_timeout=args.drain_timeout,
+        session_timeout=args.session_timeout,
+        reply_topics=tuple(args.allow_reply_topic or ()),
+        dead_letter_topic=args.dead_letter_topic,
+        dedupe_window=args.dedupe_window,
+        metrics_port=args.metrics_port,
+        group_protocol=args.group_protocol,
+        exactly_once=args.exactly_once,
+        transactional_id=args.transactional_id,
+    )
+    methods, services = collect(load_target(t) for t in args.targets)
+    registry = new_registry()
+    worker = Worker(config, methods, routes_for(services, config.kafka.topic_prefix), HandlerMetrics(registry))
+    ready = asyncio.Event()
+
+    async def announce() -> None:
+        await ready.wait()
+        names = ", ".join(s.full_name for s in services)
+        print(f"handlers: serving {len(methods)} methods of {names} from topics {', '.join(worker.topics)} "
+              f"in group {config.group}", flush=True)
+
+    endpoint = serve_metrics(config.metrics_port, registry, "handlers", args.metrics_address)
+    announcer = asyncio.create_task(announce())
+    try:
+        await worker.run(stop, ready)
+    finally:
+        announcer.cancel()
+        if endpoint is not None:
+            endpoint.close()
+    logging.getLogger("handlers").info("stopped after %d replies", worker.replied)
+
 
 
 def _exit_past_stuck_handlers(code: int) -> None:

@@ -21,26 +21,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fnmatch
 import logging
 import time
 from typing import Any
 
 import grpc
 
-from adapter.errors import ConfigError, MalformedRecord, RecordRefused, TransactionAborted, TransportError
+from adapter.errors import MalformedRecord, RecordRefused, TransactionAborted, TransportError
 from adapter.kafka import Consumer, Offsets, Producer, Record, open_engine
 from adapter.kafka.handoff import Handoff, deliver
 from adapter.protocol import wire
 from adapter.protocol.routing import Route
-from adapter.protocol.topics import check_topic
 from adapter.runtime.config import WorkerConfig
 from adapter.runtime.logs import record_fields
 from adapter.runtime.metrics import HandlerMetrics
-from handlers.calls import Calls, refused_status
+from handlers.answers import Answers
+from handlers.calls import Calls
 from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
 from handlers.fetcher import Fetcher
+from handlers.flow import FlowControl
 from handlers.offsets import OffsetTracker, Partition, decode_done
 from handlers.registry import Method
 from handlers.transactions import Transactions
@@ -53,20 +53,10 @@ STREAM_WINDOW = 64
 REVOKE_GRACE = 5.0
 #: Seconds between offset commits while consuming (revocation and shutdown commit at once).
 COMMIT_INTERVAL = 0.2
-#: While client streams wait for their request messages, fetching goes on up to this many times
-#: --max-pending records held (the messages sit behind other records in the same partitions).
-STREAMING_HOLD = 4
-#: Seconds a full process holds its polls before it pauses its partitions (and polls on).
-HOLD_BEFORE_PAUSE = 30.0
 #: Seconds between the event loop's checks of commits, flow control and aborted transactions.
 HOUSEKEEPING = 0.1
 #: Seconds between samples of the consumer lag, for the metrics.
 LAG_INTERVAL = 2.0
-#: Longest wait between two tries to dead-letter a request whose reply Kafka refused.
-DEAD_LETTER_BACKOFF = 30.0
-#: Calls whose reply an aborted transaction lost because Kafka refused it, remembered so that
-#: their run again goes to the dead-letter topic instead of failing the next transaction too.
-REFUSED_REMEMBERED = 1000
 
 
 class Worker:
@@ -89,7 +79,6 @@ class Worker:
                            replies=ReplyCache(config.dedupe_window, config.dedupe_entries, config.dedupe_bytes),
                            metrics=self.metrics,
                            max_reading=config.max_client_streams or 4 * config.max_pending)
-        self.dead_lettered = 0
         self._windows: dict[bytes, list[asyncio.Future[None]]] = {}
         self.tracker = OffsetTracker()
         self.txn: Transactions | None = None
@@ -97,12 +86,9 @@ class Worker:
         self._origins: dict[bytes, tuple[str, int, int, int]] = {}
         #: Calls ended without their reply because their partition moved (exactly-once): not done here.
         self._dropped: set[bytes] = set()
-        #: Exactly-once: correlation id -> why Kafka refused its reply in an aborted transaction.
-        self._refused: dict[bytes, str] = {}
         #: Partitions whose commit metadata was read (exactly-once mode), on the consumer thread.
         self._loaded: set[Partition] = set()
         self.replied = 0
-        self.malformed = 0
         self._tasks: set[asyncio.Future[None]] = set()
         self._fetcher: Fetcher[tuple[list[Record], dict[Partition, set[int]]]] | None = None
         #: Batches fetched before the last rewind carry an older generation: they are dropped.
@@ -114,10 +100,8 @@ class Worker:
         self._engine = open_engine(config.kafka)
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._paused = False
-        #: Since when too many records wait for their reply (None: there is room).
-        self._full_since: float | None = None
-        self._draining = False
+        self.answers = Answers(config, self.metrics, self.tracker, self._produce)
+        self.flow = FlowControl(config, self.tracker, self.calls)
         self._group_metadata: Any = None
         self._commit_due = 0.0
         self._lag_due = 0.0
@@ -145,6 +129,7 @@ class Worker:
             await self.txn.start()
         else:
             self._producer = await asyncio.to_thread(self._engine.producer)
+        self.flow.attach(self._fetcher, self._consumer)
         await self._on_kafka_thread(self._consumer.subscribe, self.topics, self._assigned, self._revoked)
         if self.config.exactly_once:
             self._group_metadata = await self._on_kafka_thread(self._consumer.group_metadata)
@@ -162,7 +147,7 @@ class Worker:
                     await self._rewind()
                     self.txn.resume()
                     continue
-                self._flow_control()
+                self.flow.check()
                 if self.txn is None and time.monotonic() >= self._commit_due:
                     # Committing after every batch costs the handler and the broker CPU for
                     # nothing: a few hundred milliseconds late changes only what a crash redoes.
@@ -184,7 +169,7 @@ class Worker:
             self.tracker.add(record.topic, record.partition, record.offset)
             if not self.tracker.skipped(record.topic, record.partition, record.offset):
                 self._accept(record)
-        self._flow_control()
+        self.flow.check()
         if self.txn is not None:
             self.txn.kick()  # records done without a reply (expired, cancelled) move offsets too
 
@@ -194,14 +179,13 @@ class Worker:
         try:
             decoded = wire.decode_request(record.headers, record.value)
         except MalformedRecord as exc:
-            self.malformed += 1
             self._reject(record, where, f"malformed request: {exc}", "malformed")
             return
         if isinstance(decoded, wire.Request):
-            if decoded.reply_topic is not None and not self._reply_allowed(decoded.reply_topic):
+            if decoded.reply_topic is not None and not self.answers.reply_allowed(decoded.reply_topic):
                 self._reject(record, where, f"reply topic {decoded.reply_topic!r} is not allowed", "reply_topic")
                 return
-            refused = self._refused.pop(decoded.correlation_id, None)
+            refused = self.answers.refused_before(decoded.correlation_id)
             if refused is not None:
                 # It ran, and its reply failed the transaction: running it again would fail the next one.
                 self._reject(record, where, refused, "reply_refused")
@@ -219,13 +203,6 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(t, record, where, generation))
 
-    def _reply_allowed(self, topic: str) -> bool:
-        try:
-            check_topic(topic)
-        except ConfigError:
-            return False  # not even a legal topic name: the producer would refuse it
-        return any(fnmatch.fnmatchcase(topic, pattern) for pattern in self.config.reply_topics)
-
     def _reject(self, record: Record, where: str, reason: str, kind: str) -> None:
         """A record we cannot serve: answer it if we can, else move it to the dead-letter topic.
 
@@ -234,84 +211,9 @@ class Worker:
         log.warning("rejected %s: %s", where, reason, extra=record_fields(record))
         self.metrics.records_rejected.labels(kind).inc()
         generation = self.tracker.generation(record.topic, record.partition)
-        task = asyncio.ensure_future(self._answer_rejected(record, where, reason, generation, kind != "reply_refused"))
+        task = asyncio.ensure_future(self.answers.rejected(record, where, reason, generation, kind != "reply_refused"))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._finished(t, record, where, generation))
-
-    async def _answer_rejected(self, record: Record, where: str, reason: str, generation: int, answer: bool) -> None:
-        # A refused answer fails this task: `_finished` then dead-letters the record.
-        headers = record.headers
-        cid = wire.correlation_id_of(headers)
-        reply_to = [bytes(v or b"") for n, v in headers if n == wire.REPLY_TOPIC]
-        reply_topic = reply_to[-1].decode(errors="replace") if reply_to else None
-        if not (answer and cid and reply_topic and self._reply_allowed(reply_topic)):
-            await self._dead_letter(record, where, reason, generation)
-            return
-        reply = wire.Reply(cid, code=grpc.StatusCode.INVALID_ARGUMENT, message=reason)
-        # To the caller's partition when the header says it: with several frontends on one reply
-        # topic, another partition's owner would drop it and the caller would wait for its deadline.
-        await self._answer(record, generation, reply_topic, b"", reply.encode_headers(), wire.reply_partition_of(headers))
-
-    async def _answer(self, record: Record, generation: int, topic: str, value: bytes,
-                      headers: list[tuple[str, bytes]], partition: int | None = None) -> None:
-        """Produce what answers `record` instead of a handler's reply (a rejection, an error status,
-        a dead letter) and wait for Kafka; in the exactly-once mode its offset is done in the
-        transaction that carries the answer, as for replies."""
-        future = await self._produce(topic, value, record.key, headers, partition)
-        if self.txn is not None:
-            self.tracker.done(record.topic, record.partition, record.offset, generation)
-        await future
-
-    async def _refused_reply(self, record: Record, where: str, generation: int, error: BaseException) -> None:
-        """Kafka refused an answer to `record`: tell the caller with an error reply if that gets
-        through, else dead-letter the request, retrying until it is (never lost)."""
-        fields = record_fields(record)
-        call = f"{fields.get('method') or '?'} call {fields.get('correlation_id') or '?'} ({where})"
-        self.metrics.reply_errors.inc()
-        log.warning("reply to %s refused by Kafka: %s", call, error, extra=fields)
-        code, reason = refused_status(error)
-        try:
-            request = wire.decode_request(record.headers, record.value)
-        except MalformedRecord:
-            request = None  # a rejected record whose rejection was refused
-        if self.txn is not None and isinstance(request, wire.Request) and isinstance(error, RecordRefused):
-            # If this transaction aborts (a refusal seen only at delivery fails it), the call runs
-            # again: it then goes to the dead-letter topic at once instead of failing the next one.
-            self._refused[request.correlation_id] = reason
-            while len(self._refused) > REFUSED_REMEMBERED:
-                self._refused.pop(next(iter(self._refused)))
-        if isinstance(request, wire.Request) and request.reply_topic and self._reply_allowed(request.reply_topic):
-            reply = wire.Reply(request.correlation_id, code=code, message=reason)
-            try:
-                await self._answer(record, generation, request.reply_topic, b"", reply.encode_headers(),
-                                   request.reply_partition)
-                return
-            except TransactionAborted:
-                raise
-            except Exception as again:
-                log.warning("the %s status for %s was refused too (%s): dead-lettering the request", code.name,
-                            call, again, extra=fields)
-        await self._dead_letter(record, where, reason, generation)
-
-    async def _dead_letter(self, record: Record, where: str, reason: str, generation: int) -> None:
-        """Copy `record` to the dead-letter topic with `reason`, retrying until Kafka takes it (or a drain)."""
-        backoff = 1.0
-        while True:
-            try:
-                await self._answer(record, generation, self.config.dead_letter_topic, record.value or b"",
-                                   wire.dead_letter_headers(record.headers, reason, where))
-                break
-            except TransactionAborted:
-                raise
-            except Exception as exc:
-                if self._draining:
-                    raise
-                log.error("cannot dead-letter %s, retrying in %.0fs: %s", where, backoff, exc,
-                          extra=record_fields(record))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, DEAD_LETTER_BACKOFF)
-        self.dead_lettered += 1
-        self.metrics.records_dead_lettered.inc()
 
     async def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
                        partition: int | None = None) -> asyncio.Future[None]:
@@ -345,15 +247,15 @@ class Worker:
                 return
             # Kafka refused the call's reply: its record is done only once the caller is told or
             # the request is dead-lettered (#12.3).
-            refusal = asyncio.ensure_future(self._refused_reply(record, where, generation, error))
+            refusal = asyncio.ensure_future(self.answers.refused(record, where, generation, error))
             self._tasks.add(refusal)
             refusal.add_done_callback(lambda t: self._finished(t, record, where, generation, salvage=False))
             return
         # The offset of a call's opening record is done only once its final reply is sent, and
         # only if its partition was not reassigned meanwhile (the record then runs again).
         self.tracker.done(record.topic, record.partition, record.offset, generation)
-        if self._full_since is not None:
-            self._flow_control()  # there may be room again: fetch at once
+        if self.flow.full:
+            self.flow.check()  # there may be room again: fetch at once
         if error is not None:
             log.debug("call of %s: its transaction was aborted and it runs again", where, extra=record_fields(record))
 
@@ -420,44 +322,6 @@ class Worker:
                 self._loaded.update(new)
         return (records, done_before) if records or done_before else None
 
-    def _flow_control(self) -> None:
-        """Backpressure: stop fetching while too many records wait for their reply.
-
-        First the consumer's thread just stops polling: the client keeps what it prefetched
-        (bounded), and fetching goes on the moment there is room. Pausing the partitions would
-        make librdkafka drop its prefetched records and fetch them again late (about 1 s after
-        a resume, measured), so they are paused only when the process stays full longer than
-        HOLD_BEFORE_PAUSE, and polling goes on: a consumer that does not poll for
-        max.poll.interval.ms (5 min) is put out of its group."""
-        fetcher, consumer = self._fetcher, self._consumer
-        if fetcher is None or consumer is None or self._draining:
-            return
-        # A client stream still reading waits for records behind it in the same partitions, and may
-        # hold a concurrency slot meanwhile: stopping the fetches then stalls the process until
-        # deadlines (#12.8). So streams still reading do not count, and while there are any,
-        # fetching goes on up to STREAMING_HOLD x max_pending records held.
-        pending, reading = self.tracker.pending, self.calls.reading
-        full = pending - reading >= self.config.max_pending and (
-            reading == 0 or pending >= STREAMING_HOLD * self.config.max_pending)
-        if full and reading and self._full_since is None:
-            log.warning("fetching stops with %d records held, %d of them client streams still reading: their "
-                        "request messages wait until calls end (raise --concurrency or --max-pending)",
-                        pending, reading)
-        since = self._full_since
-        if full and since is None:
-            self._full_since = time.monotonic()
-            fetcher.set_polling(False)
-        elif full and since is not None and not self._paused and time.monotonic() - since > HOLD_BEFORE_PAUSE:
-            self._paused = True
-            fetcher.post(lambda: consumer.pause(consumer.assignment()))
-            fetcher.set_polling(True)
-        elif not full and self._full_since is not None:
-            self._full_since = None
-            if self._paused:
-                self._paused = False
-                fetcher.post(lambda: consumer.resume(consumer.assignment()))
-            fetcher.set_polling(True)
-
     async def _commit(self, sync: bool, only: set[Partition] | None = None) -> None:
         offsets = self.tracker.committable(only)
         if not offsets or self._consumer is None:
@@ -512,7 +376,7 @@ class Worker:
         fetcher.generation = generation  # what is fetched from here on counts again
 
     async def _drain(self) -> None:
-        self._draining = True
+        self.answers.draining = self.flow.stopped = True
         self._generation += 1  # batches fetched but not taken yet go to the partitions' next owner
         if self._fetcher is not None:
             self._fetcher.set_polling(False)

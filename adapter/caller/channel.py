@@ -163,8 +163,10 @@ class KafkaChannel(grpc.Channel):
         return _StreamStream(self._loop, self.aio.stream_stream(method, request_serializer, response_deserializer))
 
 
-class _MultiCallable:
-    # The aio multicallable does the work; calls are created on the loop, which they belong to.
+class _Blocking:
+    """A blocking multicallable: the aio one does the work, on the channel's loop thread, which its
+    calls belong to."""
+
     def __init__(self, loop: _LoopThread, aio: Callable[..., Any]) -> None:
         self._loop = loop
         self._aio = aio
@@ -173,7 +175,7 @@ class _MultiCallable:
         return self._loop.call(lambda: self._aio(*args, timeout=timeout, metadata=metadata))
 
 
-class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):
+class _UnaryUnary(_Blocking, grpc.UnaryUnaryMultiCallable):
     def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None, **_: Any) -> Any:
         return self.future(request, timeout, metadata).result()
 
@@ -185,7 +187,7 @@ class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):
         return _Future(self._loop, self._start(request, timeout=timeout, metadata=metadata))
 
 
-class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):
+class _StreamUnary(_Blocking, grpc.StreamUnaryMultiCallable):
     def __call__(self, request_iterator: Iterable[Any], timeout: float | None = None, metadata: Any = None,
                  **_: Any) -> Any:
         return self.future(request_iterator, timeout, metadata).result()
@@ -202,12 +204,12 @@ class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):
         return _Future(self._loop, call)
 
 
-class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):
+class _UnaryStream(_Blocking, grpc.UnaryStreamMultiCallable):
     def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None, **_: Any) -> _Responses:
         return _Responses(self._loop, self._start(request, timeout=timeout, metadata=metadata))
 
 
-class _StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):
+class _StreamStream(_Blocking, grpc.StreamStreamMultiCallable):
     def __call__(self, request_iterator: Iterable[Any], timeout: float | None = None, metadata: Any = None,
                  **_: Any) -> _Responses:
         call = self._start(None, timeout=timeout, metadata=metadata)
@@ -405,7 +407,7 @@ def _feed(loop: _LoopThread, call: StreamUnaryCall | StreamStreamCall, requests:
         except Exception:
             log.debug("request iterator raised", exc_info=True)
             with contextlib.suppress(ValueError):  # the channel was closed meanwhile
-                loop.call(call._abort, grpc.StatusCode.UNKNOWN, "Exception iterating requests!")
+                loop.call(call.fail, grpc.StatusCode.UNKNOWN, "Exception iterating requests!")
 
     threading.Thread(target=feed, name="kafka-channel-requests", daemon=True).start()
 

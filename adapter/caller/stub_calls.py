@@ -241,21 +241,12 @@ class UnaryUnaryCall(Call, grpc.aio.UnaryUnaryCall):
         return self._result()
 
     async def _invoke(self, request: Any) -> wire.Reply:
-        # As the frontend does (adapter.frontend.gateway): key and idempotency key from the request's fields,
-        # or the idempotency key from metadata.
         try:
             payload = self._method.serialize(request)
         except Exception:
             return wire.Reply(b"", grpc.StatusCode.INTERNAL, "Exception serializing request!")
         try:
-            key, idempotency_key = self._route.keys_for(payload)
-        except DecodeError as exc:
-            return wire.Reply(b"", grpc.StatusCode.INVALID_ARGUMENT,
-                              f"request is not a valid {self._route.input_type.full_name}: {exc}")
-        for name, value in self._metadata:
-            if name == wire.IDEMPOTENCY_METADATA:
-                idempotency_key = value if isinstance(value, bytes) else value.encode()
-        try:
+            key, idempotency_key = self._route.call_keys(payload, self._metadata)
             return await self._requester.call(self._route.path, payload, topic=self._route.topic, key=key,
                                               metadata=self._metadata, timeout=self._timeout,
                                               idempotency_key=idempotency_key)
@@ -380,7 +371,7 @@ class _StreamingCall(Call):
             log.debug("request iterator of a call to %s raised", self._method.path, exc_info=True)
             self.cancel()
 
-    def _abort(self, code: grpc.StatusCode, details: str) -> None:
+    def fail(self, code: grpc.StatusCode, details: str) -> None:
         """End the call with a status of the caller's own (the handler is told to stop)."""
         self._end(code, details)
 

@@ -2,7 +2,8 @@
 
     gateway = Gateway(config, ProtoSet.load(config.proto_paths))
     await gateway.start()          # Kafka, reply partition, then the gRPC port
-    await gateway.wait_closed()
+    ...
+    await gateway.stop(grace=10)   # calls in flight get `grace` seconds
 
 Request and response bytes pass through untouched: the frontend never needs the
 services' generated code. Server reflection and the standard health service are
@@ -21,7 +22,6 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -144,10 +144,6 @@ class Gateway:
             await self._server.stop(grace)
         await self.requester.stop()
 
-    async def wait_closed(self) -> None:
-        if self._server:
-            await self._server.wait_for_termination()
-
     def _handlers(self) -> list[grpc.GenericRpcHandler]:
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
         for route in self.routes.values():
@@ -170,9 +166,6 @@ class Gateway:
         with _Observed(self.metrics.method(route.path), context):
             key, idempotency_key = await _keys(route, request, context)
             metadata = self._forwarded(context)
-            for name, value in context.invocation_metadata() or ():
-                if name == wire.IDEMPOTENCY_METADATA:
-                    idempotency_key = value if isinstance(value, bytes) else value.encode()
             await self._admit(route, context)
             try:
                 reply = await self.requester.call(
@@ -328,9 +321,9 @@ def _status(context: grpc.aio.ServicerContext, exc: BaseException | None) -> grp
 
 async def _keys(route: Route, request: bytes, context: grpc.aio.ServicerContext) -> tuple[bytes | None, bytes | None]:
     try:
-        return route.keys_for(request)
-    except DecodeError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {route.input_type.full_name}: {exc}")
+        return route.call_keys(request, context.invocation_metadata() or ())
+    except CallError as exc:
+        await context.abort(exc.code, exc.details)
         raise AssertionError("unreachable") from exc
 
 

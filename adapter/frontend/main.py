@@ -9,15 +9,13 @@ import os
 import sys
 from pathlib import Path
 
-from adapter.errors import KafkaRpcError
 from adapter.runtime.cli import (
     add_kafka_arguments,
     add_metrics_argument,
+    command,
     kafka_config,
     parse_settings,
-    run,
     serve_metrics,
-    setup_logging,
 )
 from adapter.runtime.config import DROPPED_METADATA
 
@@ -71,64 +69,55 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return command("adapter", parse, argv, _serve)
+
+
+async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    from adapter.frontend.gateway import Gateway
+    from adapter.protocol.protoset import ProtoSet
+    from adapter.runtime.config import FrontendConfig
+    from adapter.runtime.metrics import FrontendMetrics, new_registry
+    from adapter.runtime.tracing import configure as configure_tracing
+
+    configure_tracing("kafka-rpc-adapter", os.environ)  # spans only when the standard OTEL_* variables ask
+
+    config = FrontendConfig(
+        kafka=kafka_config(args),
+        proto_paths=tuple(args.proto_path),
+        listen=args.listen,
+        reply_topic=args.reply_topic,
+        reply_partitions=args.reply_partitions,
+        default_timeout=args.default_timeout,
+        max_in_flight=args.max_in_flight,
+        forward_metadata=tuple(args.forward_metadata or ("*",)),
+        drop_metadata=tuple(args.drop_metadata if args.drop_metadata is not None else DROPPED_METADATA),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        metrics_port=args.metrics_port,
+        services=tuple(args.service or ("*",)),
+        no_handler_grace=args.no_handler_grace,
+    )
+    protos = ProtoSet.load(config.proto_paths)
+    log = logging.getLogger("adapter")
+    registry = new_registry()
+    endpoint = serve_metrics(config.metrics_port, registry, "adapter", args.metrics_address)
     try:
-        args = parse(argv)
-    except KafkaRpcError as exc:
-        print(f"adapter: error: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(args.log_level, "adapter", args.log_format)
-
-    async def serve(stop: asyncio.Event) -> None:
-        from adapter.frontend.gateway import Gateway
-        from adapter.protocol.protoset import ProtoSet
-        from adapter.runtime.config import FrontendConfig
-        from adapter.runtime.metrics import FrontendMetrics, new_registry
-        from adapter.runtime.tracing import configure as configure_tracing
-
-        configure_tracing("kafka-rpc-adapter", os.environ)  # spans only when the standard OTEL_* variables ask
-
-        config = FrontendConfig(
-            kafka=kafka_config(args),
-            proto_paths=tuple(args.proto_path),
-            listen=args.listen,
-            reply_topic=args.reply_topic,
-            reply_partitions=args.reply_partitions,
-            default_timeout=args.default_timeout,
-            max_in_flight=args.max_in_flight,
-            forward_metadata=tuple(args.forward_metadata or ("*",)),
-            drop_metadata=tuple(args.drop_metadata if args.drop_metadata is not None else DROPPED_METADATA),
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            metrics_port=args.metrics_port,
-            services=tuple(args.service or ("*",)),
-            no_handler_grace=args.no_handler_grace,
-        )
-        protos = ProtoSet.load(config.proto_paths)
-        log = logging.getLogger("adapter")
-        registry = new_registry()
-        endpoint = serve_metrics(config.metrics_port, registry, "adapter", args.metrics_address)
+        log.info("connecting to Kafka at %s", ",".join(config.kafka.bootstrap_servers))
+        gateway = Gateway(config, protos, metrics=FrontendMetrics(registry))
         try:
-            log.info("connecting to Kafka at %s", ",".join(config.kafka.bootstrap_servers))
-            gateway = Gateway(config, protos, metrics=FrontendMetrics(registry))
-            try:
-                await gateway.start()
-            except BaseException:
-                await gateway.stop(0)
-                raise
-            print(f"adapter: serving on {config.listen.rsplit(':', 1)[0]}:{gateway.port}", flush=True)
-            await stop.wait()
-            log.info("draining calls in flight (up to %gs)", args.grace)
-            await gateway.stop(args.grace)
-        finally:
-            if endpoint is not None:
-                endpoint.close()
+            await gateway.start()
+        except BaseException:
+            await gateway.stop(0)
+            raise
+        print(f"adapter: serving on {config.listen.rsplit(':', 1)[0]}:{gateway.port}", flush=True)
+        await stop.wait()
+        log.info("draining calls in flight (up to %gs)", args.grace)
+        await gateway.stop(args.grace)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
 
-    try:
-        return run(serve, "adapter")
-    except KafkaRpcError as exc:
-        print(f"adapter: error: {exc}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

@@ -16,10 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError
 
-from adapter.errors import ProtoError
+from adapter.errors import CallError, ProtoError
+from adapter.protocol import wire
 from adapter.protocol.topics import check_topic
 
 _SERVICE_TOPIC = "kafka_rpc.service_topic"
@@ -46,6 +49,21 @@ class Route:
     def key_for(self, request: bytes) -> bytes | None:
         """The record key for a serialized request (parses it only when a key field is set)."""
         return self.keys_for(request)[0]
+
+    def call_keys(self, request: bytes, metadata: Iterable[tuple[str, str | bytes]]) -> tuple[bytes | None, bytes | None]:
+        """The record key and the idempotency key of a call, as every caller (the frontend, the
+        channels) takes them: from the request's fields, the idempotency key from an
+        ``idempotency-key`` metadata entry if there is one. Raises `CallError`
+        (INVALID_ARGUMENT) for a request that is not a valid message of the input type."""
+        try:
+            key, idempotency_key = self.keys_for(request)
+        except DecodeError as exc:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"request is not a valid {self.input_type.full_name}: {exc}") from exc
+        for name, value in metadata:
+            if name == wire.IDEMPOTENCY_METADATA:
+                idempotency_key = value if isinstance(value, bytes) else value.encode()
+        return key, idempotency_key
 
     def keys_for(self, request: bytes) -> tuple[bytes | None, bytes | None]:
         """The record key and the idempotency key of a serialized request, from its fields."""

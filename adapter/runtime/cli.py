@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -34,10 +35,6 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from adapter.runtime.metrics import Endpoint
-
-
-def env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
 
 
 _UNSET = object()
@@ -296,6 +293,19 @@ def serve_metrics(port: int | None, registry: CollectorRegistry, name: str,
         raise OSError(f"metrics_port: cannot listen on {address}:{port}: {exc.strerror or exc}") from exc
     print(f"{name}: metrics on http://{address}:{endpoint.port}/metrics", flush=True)
     return endpoint
+
+
+def command(name: str, parse: Callable[[list[str] | None], argparse.Namespace], argv: list[str] | None,
+            serve: Callable[[argparse.Namespace, asyncio.Event], Awaitable[None]]) -> int:
+    """A command's whole life: parse its settings (an error is one line, exit code 2), set up
+    logging, then `serve(args, stop_event)` until SIGINT/SIGTERM (`run`). Returns the exit code."""
+    try:
+        args = parse(argv)
+    except KafkaRpcError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level, name, args.log_format)
+    return run(functools.partial(serve, args), name)
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]], name: str) -> int:

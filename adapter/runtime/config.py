@@ -116,10 +116,8 @@ class FrontendConfig:
     kafka: KafkaConfig
     proto_paths: tuple[Path, ...]
     listen: str = "127.0.0.1:50051"
-    #: Topic all frontends receive replies on; each instance owns some of its partitions.
-    #: Empty: the topic prefix + FRONTEND_REPLY_TOPIC.
+    #: `ReplyConfig.reply_topic` and `ReplyConfig.reply_partitions`, as the command line gives them.
     reply_topic: str = ""
-    #: Partitions of the reply topic when we create it: the most frontends that can share it.
     reply_partitions: int = 16
     #: Seconds a call may wait for its reply when the client sets no deadline.
     default_timeout: float = 30.0
@@ -161,10 +159,8 @@ class FrontendConfig:
                 raise ConfigError(f"proto_paths: {str(path)!r} is not a folder")
         if not _HOST_PORT.match(self.listen):
             raise ConfigError(f"listen: {self.listen!r} is not HOST:PORT")
-        if not self.reply_topic:
-            object.__setattr__(self, "reply_topic", self.kafka.topic_prefix + FRONTEND_REPLY_TOPIC)
-        check_topic(self.reply_topic, "reply_topic")
-        _positive("reply_partitions", self.reply_partitions)
+        # The reply side's settings are ReplyConfig's: it checks them and fills the default topic.
+        object.__setattr__(self, "reply_topic", self.replies.reply_topic)
         _positive("default_timeout", self.default_timeout)
         _positive("start_timeout", self.start_timeout)
         _positive("max_in_flight", self.max_in_flight)
@@ -184,13 +180,8 @@ class FrontendConfig:
 
     @property
     def replies(self) -> ReplyConfig:
-        """The reply side of this frontend."""
+        """The reply side of this frontend (reply topic and partitions, their checks, the group)."""
         return ReplyConfig(self.kafka, self.reply_topic, self.reply_partitions)
-
-    @property
-    def reply_group(self) -> str:
-        """Consumer group through which frontends share out the reply partitions."""
-        return self.replies.reply_group
 
 
 @dataclass(frozen=True)
