@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -23,38 +22,25 @@ from typing import IO, Any
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "gen"), env.get("PYTHONPATH", "")])
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+from tests import procs
 
 
 def python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-class Proc:
-    """A child process. With `pipe`, its stdout lines are read into `events` (JSON) as they come."""
+class Proc(procs.Proc):
+    """A child process of a run, tracked by `role`. With `pipe`, its stdout lines are read into
+    `events` (JSON) as they come; the rest of its output goes to its log."""
 
     def __init__(self, role: str, args: list[str], log: Path, pipe: bool = False, env: dict[str, str] | None = None) -> None:
+        super().__init__(args, log, procs.child_env(**(env or {})), name=role,
+                         stdout=subprocess.PIPE if pipe else None)
         self.role = role
-        self.args = args
-        self.log = log
-        self._out = log.open("wb")
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.popen = subprocess.Popen(args, cwd=REPO, env=child_env() | (env or {}), stdout=subprocess.PIPE if pipe else self._out,
-                                      stderr=self._out)
         if pipe:
             assert self.popen.stdout is not None
             threading.Thread(target=self._read, args=(self.popen.stdout,), daemon=True).start()
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
 
     def _read(self, stream: IO[bytes]) -> None:
         for raw in stream:
@@ -76,33 +62,11 @@ class Proc:
             raise RuntimeError(f"{self.role} exited with {self.popen.returncode}; see {self.log}:\n{self.tail()}")
         return event
 
-    def tail(self, lines: int = 15) -> str:
-        self._out.flush()
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
     def wait_for(self, pattern: str, timeout: float = 90.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        while time.monotonic() < deadline:
-            self._out.flush()
-            match = regex.search(self.log.read_text(errors="replace"))
-            if match:
-                return match
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.role} exited with {self.popen.returncode}:\n{self.tail()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.role}: timed out waiting for {pattern!r}:\n{self.tail()}")
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._out.close()
-        return self.popen.returncode
+        try:
+            return super().wait_for(pattern, timeout)
+        except AssertionError as exc:  # a failed run, not a failed test
+            raise RuntimeError(str(exc)) from None
 
 
 @dataclass

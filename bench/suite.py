@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import topics
-from bench.procs import REPO, Monitor, Proc, python
+from bench.procs import Monitor, Proc, python
+from tests.procs import REPO
 
 log = logging.getLogger("bench")
 SPRING = REPO / "bench" / "spring"

@@ -1,4 +1,4 @@
-"""Real processes for tests: the frontend and handler processes, started and stopped cleanly."""
+"""Real processes for tests (and the benchmarks): the frontend and handler processes, started and stopped cleanly."""
 
 from __future__ import annotations
 
@@ -29,13 +29,19 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 class Proc:
-    """A child process whose output goes to a log file that tests can wait on."""
+    """A child process whose output goes to a log file that callers can wait on (the benchmarks'
+    processes too: `bench.procs`). With `stdout`, only its stderr goes to the log."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None, *, name: str | None = None,
+                 stdout: int | None = None) -> None:
         self.args = args
+        #: What errors call it: the module it runs, unless told.
+        self.name = name or (args[2] if len(args) > 2 else " ".join(args))
         self.log = log
         self._out = log.open("wb")
-        self.popen = subprocess.Popen(args, cwd=REPO, env=env or child_env(), stdout=self._out, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(args, cwd=REPO, env=env or child_env(),
+                                      stdout=self._out if stdout is None else stdout,
+                                      stderr=subprocess.STDOUT if stdout is None else self._out)
         STARTED.append(self)
 
     @property
@@ -43,7 +49,11 @@ class Proc:
         return self.popen.pid
 
     def output(self) -> str:
+        self._out.flush()
         return self.log.read_text(errors="replace")
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
         deadline = time.monotonic() + timeout
@@ -53,7 +63,7 @@ class Proc:
             if match:
                 return match
             if self.popen.poll() is not None:
-                raise AssertionError(f"{self.args[2]} exited with {self.popen.returncode}:\n{self.output()}")
+                raise AssertionError(f"{self.name} exited with {self.popen.returncode}:\n{self.output()}")
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {pattern!r} from {' '.join(self.args)}:\n{self.output()}")
 

@@ -30,8 +30,9 @@ def _rss_bytes() -> int:
 
 
 def _tables(worker: Worker) -> dict[str, int]:
-    return {"calls": len(worker.calls), "windows": len(worker._windows), "origins": len(worker._origins),
-            "tasks": len(worker._tasks), "pending records": worker.tracker.pending}
+    return {"calls": len(worker.calls), "windows": len(worker.inflight.windows),
+            "origins": len(worker.inflight.origins), "tasks": len(worker.inflight.tasks),
+            "pending records": worker.tracker.pending}
 
 
 def test_a_thousand_cancelled_streams_leave_nothing_behind(kafka_bootstrap: str, prefix: str, kafka_client: str) -> None:

@@ -20,6 +20,8 @@ from adapter.errors import TransportError
 from adapter.kafka import open_engine
 from adapter.protocol.routing import routes_for
 from adapter.runtime.config import KafkaConfig, WorkerConfig
+from handlers.exactly_once import ExactlyOnce
+from handlers.rebalance import Rebalance
 from handlers.registry import collect, load_target
 from handlers.worker import Worker
 
@@ -55,7 +57,8 @@ class _Member(threading.Thread):
 
 def test_a_rebalance_during_an_aborted_transaction_finishes_at_once(kafka_bootstrap: str, prefix: str,
                                                                    kafka_client: str,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+                                                                   caplog: pytest.LogCaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """#12.1: a transaction aborts while a rebalance revokes a partition with an open stream.
 
     Before the fix the revocation waited for sends held until the rewind, and the rewind waited
@@ -67,26 +70,27 @@ def test_a_rebalance_during_an_aborted_transaction_finishes_at_once(kafka_bootst
     revoking = threading.Event()
     fail_next = threading.Event()
     revoke_seconds: list[float] = []
-    revoked = worker._revoked
+    revoked = Rebalance.revoked
 
-    def timed_revoke(partitions: Any, lost: bool) -> Any:
+    def timed_revoke(self: Rebalance, partitions: Any, lost: bool) -> Any:
         if partitions:
             revoking.set()
         started = time.monotonic()
         try:
-            return revoked(partitions, lost)
+            return revoked(self, partitions, lost)
         finally:
             if partitions:
                 revoke_seconds.append(time.monotonic() - started)
 
-    worker._revoked = timed_revoke  # type: ignore[method-assign]
+    monkeypatch.setattr(Rebalance, "revoked", timed_revoke)
 
     async def scenario() -> None:
         stop, ready = asyncio.Event(), asyncio.Event()
         running = asyncio.create_task(worker.run(stop, ready))
         await asyncio.wait_for(ready.wait(), 60)
-        assert worker.txn is not None
-        commit = worker.txn._commit
+        assert isinstance(worker.policy, ExactlyOnce) and worker.policy.txn is not None
+        txn = worker.policy.txn
+        commit = txn._commit
 
         def failing_commit(changed: Any) -> None:
             if fail_next.is_set():
@@ -95,7 +99,7 @@ def test_a_rebalance_during_an_aborted_transaction_finishes_at_once(kafka_bootst
                 raise TransportError("injected: the transaction coordinator went away")
             commit(changed)
 
-        worker.txn._commit = failing_commit  # type: ignore[method-assign]
+        txn._commit = failing_commit  # type: ignore[method-assign]
         channel = await AioKafkaChannel.connect([kitchen_pb2], kafka=kafka)
         member = _Member(kafka, worker.config.group, f"{prefix}rpctest.v1.Kitchen")
         try:

@@ -59,7 +59,6 @@ def test_a_handler_sends_at_most_64_unacknowledged_response_messages_per_stream(
     async def run() -> tuple[int, bool, int]:
         methods, services = collect([load_target("tests.kitchen_service:Kitchen")])
         worker = Worker(WorkerConfig(kafka=KafkaConfig(), group="g"), methods, routes_for(services, ""))
-        worker._loop = asyncio.get_running_loop()
         acks: list[asyncio.Future[None]] = []
 
         async def produce(topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
@@ -67,7 +66,7 @@ def test_a_handler_sends_at_most_64_unacknowledged_response_messages_per_stream(
             acks.append(asyncio.get_running_loop().create_future())
             return acks[-1]
 
-        worker._produce = produce  # type: ignore[method-assign]
+        worker.policy.produce = produce  # type: ignore[method-assign]
         request = wire.Request("/rpctest.v1.Kitchen/CountUp", wire.new_correlation_id(), "replies")
         sent = 0
 
