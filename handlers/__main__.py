@@ -9,14 +9,7 @@ import os
 import sys
 import threading
 
-from adapter.runtime.cli import (
-    add_kafka_arguments,
-    add_metrics_argument,
-    command,
-    kafka_config,
-    parse_settings,
-    serve_metrics,
-)
+from adapter.runtime import cli
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,16 +53,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="transactional id of this process in --exactly-once mode; stable per process slot "
                         "(e.g. the pod name) lets a restart abort its predecessor's transaction at once "
                         "(default: GROUP-HOST-PID)")
-    add_metrics_argument(parser)
-    add_kafka_arguments(parser)
-    args = parse_settings(parser, argv, "handlers")
+    cli.add_metrics_argument(parser)
+    cli.add_kafka_arguments(parser)
+    args = cli.parse_settings(parser, argv, "handlers")
     if not args.targets:
         parser.error("give at least one MODULE:ATTR (or targets in the config file's [handlers] table)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    code = command("handlers", parse, argv, _serve)
+    code = cli.command("handlers", parse, argv, _serve)
     _exit_past_stuck_handlers(code)
     return code
 
@@ -85,7 +78,7 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
     configure_tracing("kafka-rpc-handlers", os.environ)  # spans only when the standard OTEL_* variables ask
 
     config = WorkerConfig(
-        kafka=kafka_config(args),
+        kafka=cli.kafka_config(args),
         group=args.group,
         concurrency=args.concurrency,
         max_pending=args.max_pending or 16 * args.concurrency,
@@ -111,7 +104,7 @@ async def _serve(args: argparse.Namespace, stop: asyncio.Event) -> None:
         print(f"handlers: serving {len(methods)} methods of {names} from topics {', '.join(worker.topics)} "
               f"in group {config.group}", flush=True)
 
-    endpoint = serve_metrics(config.metrics_port, registry, "handlers", args.metrics_address)
+    endpoint = cli.serve_metrics(config.metrics_port, registry, "handlers", args.metrics_address)
     announcer = asyncio.create_task(announce())
     try:
         await worker.run(stop, ready)

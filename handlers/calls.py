@@ -8,6 +8,9 @@
 A record that opens a call (a whole unary or server-streaming request, or the opening
 of a client stream) starts it; a frame (message, half-close, cancel) is routed at once
 to its call. No Kafka here: `send` produces a reply record, `handlers.worker` does the I/O.
+
+Longer than our modules should be (~350 lines): one call's life, unary and the three kinds of
+stream, with the bookkeeping the frames of a stream share (ordering, buffers, cancellation).
 """
 
 from __future__ import annotations

@@ -131,14 +131,8 @@ def _from_servicer(servicer: object) -> tuple[dict[str, Method], list[ServiceDes
         for name, handler in handlers.items():
             path = f"/{service_name}/{name}"
             func = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-            methods[path] = Method(
-                path=path,
-                func=func,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-                client_streaming=handler.request_streaming,
-                server_streaming=handler.response_streaming,
-            )
+            methods[path] = Method(path, func, handler.request_deserializer, handler.response_serializer,
+                                   handler.request_streaming, handler.response_streaming)
     return methods, services
 
 

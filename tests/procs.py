@@ -49,7 +49,8 @@ class Proc:
         return self.popen.pid
 
     def output(self) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()  # what a pipe reader (bench.procs) wrote
         return self.log.read_text(errors="replace")
 
     def tail(self, lines: int = 15) -> str:

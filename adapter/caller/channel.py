@@ -14,6 +14,10 @@ background thread, and offers what ``grpc.Channel`` offers to generated stubs::
 
 Failed calls raise ``grpc.RpcError`` that is also a ``grpc.Call`` (``code()``,
 ``details()``, ``trailing_metadata()``), as with grpc.
+
+Longer than our modules should be (~420 lines), on purpose: it is grpc's blocking API (four
+multi-callables, their futures and iterators) over the async core on one loop thread, and every
+piece of it needs that thread's internals.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Each is a ``grpc.aio`` call object (``UnaryUnaryCall``, ``UnaryStreamCall``,
 ``StreamUnaryCall``, ``StreamStreamCall``) made by the frontend's own request/reply core, so a
 caller sees what ``grpc.aio`` shows it: awaitable responses, async iteration, ``code()``,
 ``details()``, trailing metadata, ``cancel()`` and done callbacks.
+
+Longer than our modules should be (~440 lines), on purpose: the stub's four method objects and
+four call kinds are short classes on two bases (`Call`, `_StreamingCall`) whose state they share;
+they read together.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@
 Request and response bytes pass through untouched: the frontend never needs the
 services' generated code. Server reflection and the standard health service are
 served beside them.
+
+Longer than our modules should be (~370 lines): it is the gRPC side of the frontend as one
+piece (the four method kinds, admission, health, reflection, start and stop), whose parts share
+the server, the routes and the requester.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ consumer's rebalance callbacks run on the thread that polls the consumer.
 Settings from `[kafka.client]` / `--kafka-option` use librdkafka's dotted names
 (``security.protocol``, ``sasl.username``...) and override ours.
 
-One module for the whole engine (~480 lines), on purpose: it reads top to bottom against
-`contract.py`, and the layout issue splits `adapter/` once, after this layer.
+One module for the whole engine (~650 lines), on purpose: it implements `contract.py` top to
+bottom (producer, transactional producer, consumer, admin), next to what those parts share (the
+settings, the translation of errors, librdkafka's traps); `kafka_python.py` is its twin.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ calls the rebalance listener on that I/O thread while `poll` waits on the consum
 from `[kafka.client]` / `--kafka-option` use kafka-python's names (``security_protocol``,
 ``sasl_plain_username``...) and override ours.
 
-One module for the whole engine (~430 lines), on purpose: it reads top to bottom against
-`contract.py`, and the layout issue splits `adapter/` once, after this layer.
+One module for the whole engine (~660 lines), on purpose: it implements `contract.py` top to
+bottom (producer, transactional producer, consumer, admin), next to what those parts share (the
+settings, the translation of errors, kafka-python's quirks); `confluent.py` is its twin.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ Example::
     ...               reply_topic="replies", reply_partition=3, payload=b"...")
     >>> Request.decode(req.encode_headers(), req.payload) == req
     True
+
+The whole wire format is this one module (and docs/protocol.md), on purpose, whatever its
+length (~390 lines): nothing else encodes or decodes a header.
 """
 
 from __future__ import annotations

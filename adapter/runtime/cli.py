@@ -10,6 +10,9 @@ through to the Kafka client, in its own names: librdkafka's for ``confluent``
 ``kafka-python`` (``security_protocol``, ``sasl_mechanism``, ``ssl_cafile``...).
 
 Environment variables are read here and nowhere else in the library.
+
+Longer than our modules should be (~340 lines), on purpose: the flags, TOML keys and environment
+variables of both programs are defined here together, so the two cannot drift apart.
 """
 
 from __future__ import annotations
