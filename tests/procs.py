@@ -82,7 +82,8 @@ class Proc:
         return self.popen.returncode
 
 
-def frontend(log: Path, bootstrap: str, prefix: str, *extra: str, reply_topic: str | None = None) -> tuple[Proc, str]:
+def frontend(log: Path, bootstrap: str, prefix: str, *extra: str, reply_topic: str | None = None,
+             env: dict[str, str] | None = None) -> tuple[Proc, str]:
     """Start `python -m adapter` on a free port; return it and its address."""
     proc = Proc(
         [sys.executable, "-m", "adapter", "--proto-path", "protos", "--listen", "127.0.0.1:0",
@@ -90,6 +91,7 @@ def frontend(log: Path, bootstrap: str, prefix: str, *extra: str, reply_topic: s
          "--reply-topic", reply_topic or f"{prefix}replies", "--reply-partitions", "4",
          "--topic-partitions", "4", *extra],
         log,
+        env=child_env(**(env or {})),
     )
     try:
         address = proc.wait_for(r"serving on (\S+)").group(1)

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -386,3 +387,45 @@ def test_a_group_lookup_process_that_dies_costs_one_lookup(kafka_bootstrap: str)
         assert child not in lookup._pool._processes
     finally:
         admin.close()
+
+
+def test_a_frontend_killed_with_sigkill_leaves_no_lookup_process_behind(kafka_bootstrap: str, prefix: str,
+                                                                         tmp_path: Path) -> None:
+    # A frontend on the confluent engine looks groups up in a child process; killed with
+    # SIGKILL, it never shuts that child down, so the child must notice on its own.
+    import signal
+
+    from tests import procs
+
+    front, _ = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix, env={"KAFKA_RPC_KAFKA_CLIENT": "confluent"})
+    try:
+        children = _children(front.pid)
+        assert children, f"no group-lookup process under the frontend:\n{front.output()}"
+    finally:
+        front.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while (alive := [pid for pid in children if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"lookup process(es) {alive} outlived their frontend"
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not reaped by its new parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:\t", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

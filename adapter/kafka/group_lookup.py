@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,9 +34,23 @@ log = logging.getLogger(__name__)
 Lookup = Callable[[KafkaConfig, list[str], float], dict[str, set[str]]]
 
 
-def _child_start() -> None:
+#: Seconds between the child's checks that its parent still lives.
+PARENT_CHECK = 1.0
+
+
+def _child_start(parent: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides when the child ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """End the child once its parent is gone. A parent killed with SIGKILL never shuts the pool
+    down, and the child, which holds both ends of the pool's queue, would wait for work for ever
+    (with librdkafka's threads reconnecting)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK)
+    os._exit(0)
 
 
 class GroupLookup:
@@ -51,7 +67,7 @@ class GroupLookup:
             if self._pool is None:
                 # Spawned, not forked: the parent runs librdkafka and grpc threads.
                 self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_child_start)
+                                                 initializer=_child_start, initargs=(os.getpid(),))
             pool = self._pool
         try:
             # The child's first lookup also starts Python and connects: give it time.
