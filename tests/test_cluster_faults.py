@@ -253,9 +253,9 @@ def test_broker_handler_and_frontend_crash_together(cluster: Cluster, prefix: st
         r.finish("broker, handler and frontend crash together", recovered_s=round(recovered, 1))
 
 
-def test_kafka_stays_reachable_while_the_node_named_controller_is_down(cluster: Cluster) -> None:
-    """A client whose metadata names a dead node as the controller still connects and reports
-    Kafka reachable: the probes go to any live broker (the CI run of 819ffde failed a frontend's
+def test_kafka_stays_reachable_while_the_node_named_controller_is_down(cluster: Cluster, prefix: str) -> None:
+    """A client whose metadata names a dead node as the controller still connects, reports Kafka
+    reachable and creates topics: the probes go to any live broker (the CI run of 819ffde failed a frontend's
     start for 30 s on the confluent engine, whose probe waited for that controller)."""
     from adapter.kafka import open_engine
     from adapter.runtime.config import KafkaConfig
@@ -268,6 +268,10 @@ def test_kafka_stays_reachable_while_the_node_named_controller_is_down(cluster: 
         cluster.kill(victim)
         # The same client, its cached metadata still naming the dead node.
         assert admin.healthy(5.0), f"Kafka unreachable for a client whose metadata names dead node {victim}"
+        # Topic creation goes to the controller itself: it must find a live one.
+        topic = f"{prefix}created-while-{victim}-is-down"
+        admin.ensure_topics({topic: 2})
+        assert cluster.admin().list_topics(topic, timeout=10).topics[topic].error is None
         # A new client, the dead node first in its bootstrap list, as a frontend restarted meanwhile.
         first = servers[victim - 1]
         again = open_engine(KafkaConfig(bootstrap_servers=(first, *[s for s in servers if s != first]))).admin(timeout=20)

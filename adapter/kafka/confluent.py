@@ -95,6 +95,8 @@ END_OFFSET_WAIT = 15.0
 _HOPELESS = ("SASL authentication error", "SSL handshake failed", "incorrect security.protocol")
 
 
+#: Tries of a topic creation, and the seconds each waits for the controller's answer.
+CREATE_ATTEMPTS, CREATE_TIMEOUT = 3, 10.0
 #: The topic a reachability probe asks about: any name does; this one exists once a group has committed.
 _PROBE_TOPIC = "__consumer_offsets"
 
@@ -108,8 +110,20 @@ def _probe(client: AdminClient, timeout: float) -> None:
     the next refresh (5 min by default), so a client made while a broker was down failed every
     probe (measured on the 3-node cluster: "Timed out waiting for controller", for 30 s at
     start-up). Not a metadata request for every topic either: that lists the whole cluster, which
-    takes seconds on a big one (14,000 partitions)."""
-    client.list_topics(topic=_PROBE_TOPIC, timeout=timeout)
+    takes seconds on a big one (14,000 partitions).
+
+    In tries of a third of `timeout`: a request that went to a broker just before it crashed
+    waits for its whole timeout (measured: the first probe after a kill -9 of the broker the
+    client last used, in 2 rounds of 3), and the next one goes to a live broker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            client.list_topics(topic=_PROBE_TOPIC, timeout=max(0.1, min(left, timeout / 3)))
+            return
+        except KafkaException:
+            if deadline - time.monotonic() <= 0.1:
+                raise
 
 
 class _Errors:
@@ -561,14 +575,32 @@ class _Admin:
         if not self._config.create_topics:
             raise MissingTopic(f"topic(s) missing and topic creation is off: {', '.join(missing)}")
         replication, settings = new_topic_settings(self._config, brokers)
-        new = [NewTopic(name, partitions[name], replication, config=settings) for name in missing]
-        for name, future in self._client.create_topics(new, request_timeout=30).items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+        todo = missing
+        for attempt in range(CREATE_ATTEMPTS):
+            new = [NewTopic(name, partitions[name], replication, config=settings) for name in todo]
+            timed_out = []
+            for name, future in self._client.create_topics(new, request_timeout=CREATE_TIMEOUT).items():
+                try:
+                    future.result()
+                except KafkaException as exc:
+                    error = exc.args[0] if exc.args else None
+                    code = error.code() if isinstance(error, KafkaError) else None
+                    if code == KafkaError.TOPIC_ALREADY_EXISTS:
+                        continue
+                    if code == KafkaError._TIMED_OUT and attempt + 1 < CREATE_ATTEMPTS:
+                        timed_out.append(name)
+                        continue
                     raise TransportError(f"creating topic {name}: {_reason(exc)}") from exc
+            if not timed_out:
+                break
+            # librdkafka sends CreateTopics to the controller its cached metadata names, which
+            # may be a dead broker (see _probe): a metadata request, answered by a live broker,
+            # names another; a topic created after all is seen there too.
+            log.warning("creating topics %s: no answer from the controller, asking again", ", ".join(timed_out))
+            created, _ = self._topics(timed_out)
+            todo = [name for name in timed_out if name not in created]
+            if not todo:
+                break
         self._wait_for_leaders(missing, partitions)
         log.info("created topics %s (%d replicas, min.insync.replicas %s)", ", ".join(missing), replication,
                  settings["min.insync.replicas"])
