@@ -52,6 +52,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     lever.add_argument("--handler-target", help="servicer of the handler processes (default bench.servicer:Echo)")
     lever.add_argument("--handler-args", help="extra handler options, e.g. '--concurrency 64'")
     lever.add_argument("--pingpong-args", help="extra ping-pong options, e.g. '--fetch-max-wait-ms 500 --linger-ms 1'")
+    lever.add_argument("--channel-args", help="extra options of the channel scenario's client, e.g. '--kafka-option linger.ms=5'")
     lever.add_argument("--pythonpath", help="prepended to the children's PYTHONPATH, e.g. a folder holding crc32c")
     parser.add_argument("--memory-in-flight", type=int, help="calls in flight of the frontend memory cells (0: skip them)")
     parser.add_argument("--name", help="results file name (default: bench, quick or long)")
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides |= {k: tuple(getattr(args, k)) for k in ("payloads", "in_flight") if getattr(args, k)}
     extra = {"variant": args.variant, "handler_target": args.handler_target, "pythonpath": args.pythonpath,
              "handler_args": tuple(args.handler_args.split()) if args.handler_args else None,
-             "pingpong_args": tuple(args.pingpong_args.split()) if args.pingpong_args else None}
+             "pingpong_args": tuple(args.pingpong_args.split()) if args.pingpong_args else None,
+             "channel_args": tuple(args.channel_args.split()) if args.channel_args else None}
     overrides["extra"] = {k: v for k, v in extra.items() if v}
     if args.pythonpath:
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [args.pythonpath, os.environ.get("PYTHONPATH")]))

@@ -139,7 +139,7 @@ def rdkafka_main(args: argparse.Namespace) -> None:
     from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
     common = {"bootstrap.servers": args.bootstrap_servers, "socket.nagle.disable": True}
-    producer = Producer({**common, "linger.ms": 0, "acks": "all", "message.max.bytes": MAX_BYTES})
+    producer = Producer({**common, "linger.ms": args.linger_ms, "acks": "all", "message.max.bytes": MAX_BYTES})
     consumer = Consumer({**common, "group.id": f"{args.reply_topic}.rdkafka", "enable.auto.commit": False,
                          "fetch.wait.max.ms": args.fetch_max_wait_ms, "fetch.max.bytes": MAX_BYTES * 2,
                          "max.partition.fetch.bytes": MAX_BYTES})
@@ -167,11 +167,19 @@ def rdkafka_main(args: argparse.Namespace) -> None:
                 producer.poll(0)
             return
         ids = (i.to_bytes(8, "big") for i in itertools.count())
+        sent = itertools.count()
+        if args.partition_run:
+            meta = consumer.list_topics(args.request_topic, timeout=30)
+            partitions = sorted(meta.topics[args.request_topic].partitions)
         for payload, n, warmup, duration, report in cells(args):
             value = stats.request_bytes(payload)
 
             def send(cid: bytes, value: bytes = value) -> None:
-                producer.produce(args.request_topic, value, headers=[(CORRELATION, cid)])
+                if args.partition_run:  # runs of requests to one partition: librdkafka batches per partition
+                    partition = partitions[next(sent) // args.partition_run % len(partitions)]
+                    producer.produce(args.request_topic, value, partition=partition, headers=[(CORRELATION, cid)])
+                else:
+                    producer.produce(args.request_topic, value, headers=[(CORRELATION, cid)])
 
             window = Window(payload, n, warmup, duration, report, send, ids)
             window.start()
@@ -199,6 +207,9 @@ def main() -> None:
     parser.add_argument("--request-topic", required=True)
     parser.add_argument("--reply-topic", required=True)
     parser.add_argument("--fetch-max-wait-ms", type=int, default=100)
+    parser.add_argument("--linger-ms", type=float, default=0, help="the producers' linger.ms (ours: 0)")
+    parser.add_argument("--partition-run", type=int, default=0, metavar="N",
+                        help="send N requests in a row to one partition (0: librdkafka's partitioner, random)")
     stats.add_cell_arguments(parser)
     args = parser.parse_args()
     if args.client == "aiokafka":

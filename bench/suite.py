@@ -240,7 +240,7 @@ class Run:
         prefix = f"{self.prefix}{scenario}."
         self.handler(prefix, engine=engine)
         args = python("bench.loadgen", "--kafka", self.bootstrap, "--prefix", prefix, "--kafka-client", engine,
-                      *self.cell_args(self.plan.payloads, self.plan.in_flight))
+                      *self.plan.extra.get("channel_args", ()), *self.cell_args(self.plan.payloads, self.plan.in_flight))
         client = self.start("client", args, pipe=True)
         self.results["cells"] += self.measure(scenario, client, self.plan.payloads, self.plan.in_flight)
         self.stop_all()

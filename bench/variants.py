@@ -13,6 +13,8 @@ Each variant patches one named function at start-up and fails loudly if that nam
 - ``replyfetch=MS``: the frontend's fetch wait (ours: 100).
 - ``replybytes=N``: the frontend's fetch size limit.
 - ``commit=S``: a handler commits offsets at most every S seconds (ours: every 0.2 s).
+- ``run=N``: the frontend's requester asks for replies on one partition N calls in a row
+  (ours: `adapter.caller.requester.REPLY_RUN`); 1 spreads them one by one.
 
 The Kafka settings go in as `--kafka-option` would give them (`KAFKA_RPC_KAFKA_OPTION`), in
 the names of the engine the process runs.
@@ -61,6 +63,12 @@ def replybytes(value: str) -> None:
     _kafka_option(f"fetch.max.bytes={value}", f"fetch_max_bytes={value}", frontend_only=True)
 
 
+def run(value: str) -> None:
+    requester = _module("adapter.caller.requester")
+    assert hasattr(requester, "REPLY_RUN"), "adapter.caller.requester.REPLY_RUN has moved"
+    requester.REPLY_RUN = int(value)
+
+
 def commit(value: str) -> None:
     worker = _module("handlers.worker").Worker
     original = worker._commit
@@ -84,6 +92,7 @@ def trace(value: str) -> None:
 
 
 VARIANTS = {"switch": switch, "linger": linger, "replyfetch": replyfetch, "replybytes": replybytes, "commit": commit,
+            "run": run,
             "trace": trace}
 
 

@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import empty_pb2
 from rpctest.v1 import kitchen_pb2, kitchen_pb2_grpc
 
+from adapter.caller.requester import REPLY_RUN
 from tests import procs
 
 pytestmark = [pytest.mark.kafka]
@@ -76,8 +77,9 @@ def test_calls_whose_reply_partition_moves_to_another_frontend_end_unavailable(k
     try:
         with grpc.insecure_channel(address) as channel:
             kitchen = kitchen_pb2_grpc.KitchenStub(channel)
-            # The first frontend owns all 4 reply partitions; these calls are spread over them.
-            calls = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=4), timeout=30) for _ in range(16)]
+            # The first frontend owns all 4 reply partitions; these calls are spread over them
+            # (REPLY_RUN calls in a row on each).
+            calls = [kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=4), timeout=30) for _ in range(4 * REPLY_RUN)]
             time.sleep(0.5)
             second, _ = procs.frontend(tmp_path / "f2.log", kafka_bootstrap, prefix)  # takes some partitions
             codes = [procs.status_of(c) for c in calls]

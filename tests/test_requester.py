@@ -14,7 +14,7 @@ import pytest
 
 from adapter.caller.memory import MemoryTransport, ReplyRecord
 from adapter.caller.replies import OnPartitions, OnReplies
-from adapter.caller.requester import Requester
+from adapter.caller.requester import REPLY_RUN, Requester
 from adapter.caller.transport import OnError
 from adapter.errors import CallError, CallTimeout, TransportError
 from adapter.protocol import wire
@@ -262,9 +262,9 @@ def test_losing_the_reply_partition_fails_its_pending_calls() -> None:
         requester, transport = await started(held)
         transport.assign(frozenset({0, 1}))
         await asyncio.sleep(0)
-        calls = [asyncio.create_task(requester.call(METHOD, bytes([i]), topic="t")) for i in range(4)]
+        calls = [asyncio.create_task(requester.call(METHOD, bytes([i]), topic="t")) for i in range(2 * REPLY_RUN)]
         await asyncio.sleep(0.01)
-        assert sorted(p for p in partitions if p is not None) == [0, 0, 1, 1]
+        assert sorted(p for p in partitions if p is not None) == [0] * REPLY_RUN + [1] * REPLY_RUN
         transport.assign(frozenset({0}))
         await asyncio.sleep(0.01)
         lost = [c for c, p in zip(calls, partitions, strict=True) if p == 1]
@@ -275,8 +275,8 @@ def test_losing_the_reply_partition_fails_its_pending_calls() -> None:
             assert "reply partition moved" in error.details
         assert not any(call.done() for call in kept)
         release.set()
-        assert [r.code for r in await asyncio.gather(*kept)] == [grpc.StatusCode.OK] * 2
-        assert requester.counters.dropped == 2  # the replies of the failed calls
+        assert [r.code for r in await asyncio.gather(*kept)] == [grpc.StatusCode.OK] * REPLY_RUN
+        assert requester.counters.dropped == REPLY_RUN  # the replies of the failed calls
 
         transport.assign(frozenset())
         await asyncio.sleep(0)
@@ -351,6 +351,31 @@ def test_a_timed_out_call_sends_a_cancel_with_the_same_key() -> None:
     assert isinstance(request, wire.Request) and isinstance(cancel, wire.Frame)
     assert cancel.kind == wire.CANCEL and cancel.correlation_id == request.correlation_id
     assert key == cancel_key == request.correlation_id
+
+
+def test_calls_ask_for_their_replies_on_one_partition_in_runs() -> None:
+    # librdkafka puts one partition in each produce request: a handler's replies to calls sent
+    # together share requests only if they go to one partition (docs/performance.md).
+    seen: list[tuple[bytes | None, wire.Request]] = []
+
+    async def serve(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:
+        seen.append((key, wire.Request.decode(headers, value)))
+        return reply_to(headers, value)
+
+    async def run() -> None:
+        requester, transport = await started(serve)
+        transport.assign(frozenset({0, 1, 2}))
+        await asyncio.sleep(0)
+        for _ in range(4 * REPLY_RUN):
+            await requester.call(METHOD, b"x", topic="t")
+        await requester.stop()
+
+    asyncio.run(run())
+    partitions = [request.reply_partition for _, request in seen]
+    runs = [set(partitions[i:i + REPLY_RUN]) for i in range(0, len(partitions), REPLY_RUN)]
+    assert runs == [{0}, {1}, {2}, {0}]
+    # The record keys still spread the calls one by one over the request topic's partitions.
+    assert all(key == request.correlation_id for key, request in seen)
 
 
 async def _silent(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:

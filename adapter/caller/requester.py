@@ -28,6 +28,13 @@ from adapter.runtime.tracing import CallSpan, Tracing, code_when_cancelled
 
 log = logging.getLogger(__name__)
 
+#: Calls sent one after another that ask for their replies on the same partition. librdkafka
+#: puts one partition in each produce request (librdkafka issue 1700): replies spread one by
+#: one over the partitions would cost the broker a request each; in runs, a handler's replies
+#: to calls in flight together share requests and fetches (docs/performance.md). Over many
+#: runs every partition this requester owns is used alike.
+REPLY_RUN = 16
+
 
 @dataclass
 class Counters:
@@ -217,7 +224,7 @@ class Requester:
         if not self._partitions:
             raise CallError(grpc.StatusCode.UNAVAILABLE, "this requester owns no reply partition right now")
         timeout = self._default_timeout if timeout is None else timeout
-        partition = self._partitions[next(self._next) % len(self._partitions)]
+        partition = self._partitions[next(self._next) // REPLY_RUN % len(self._partitions)]
         request = wire.Request(
             method=method,
             correlation_id=wire.new_correlation_id(),
