@@ -54,6 +54,9 @@ MAX_METADATA = 4000
 #: keep its timeout when the group coordinator dies (librdkafka issues 5456 and 5511): a handler
 #: stalled for good in the cluster fault tests.
 STUCK_AFTER = 45.0
+#: A commit or abort still blocked this long after the transaction's own timeout is stuck: the
+#: broker has aborted that transaction by then, so waiting longer only delays the calls' rerun.
+STUCK_PAST_TIMEOUT = 10.0
 
 
 class _Lane:
@@ -122,11 +125,15 @@ class Transactions:
         self._set_open(True)
         log.info("exactly-once mode: transactional id %s", self.transactional_id)
 
+    @property
+    def transaction_timeout(self) -> float:
+        """Seconds Kafka lets a transaction stay open before it aborts it. A dead process's open
+        transaction hides every later record of its reply partitions from read_committed readers
+        until then: short, like the session timeout."""
+        return max(self.config.session_timeout, 10.0)
+
     def _new_producer(self) -> TransactionalProducer:
-        # A dead process's open transaction hides every later record of its reply partitions from
-        # read_committed readers until it times out: keep that short, like the session timeout.
-        timeout = max(self.config.session_timeout, 10.0)
-        producer = self._engine.transactional_producer(self.transactional_id, timeout)
+        producer = self._engine.transactional_producer(self.transactional_id, self.transaction_timeout)
         try:
             producer.begin()
         except BaseException:
@@ -199,7 +206,7 @@ class Transactions:
             self._open = False
             started = time.perf_counter()
             try:
-                await self._blocking(self._commit, changed)
+                await self._blocking(self._commit, changed, limit=self._ending_limit)
             except Exception as exc:
                 log.warning("transaction aborted, its calls will run again: %s: %s", type(exc).__name__, exc)
                 self._metrics.transactions.labels("aborted").inc()
@@ -254,7 +261,7 @@ class Transactions:
         try:
             if self._producer is None:  # left behind, stuck: a new one fences it
                 raise TransportError("the transactional producer was stuck")
-            await self._blocking(self._abort_and_begin)
+            await self._blocking(self._abort_and_begin, limit=self._ending_limit)
         except Exception as exc:
             # Fenced by a newer process with our id, or the producer is broken: start afresh.
             log.warning("transactional producer replaced after %s: %s", type(exc).__name__, exc)
@@ -295,17 +302,21 @@ class Transactions:
         await self._blocking(self._producer.close, 5)
         self._lane.close()
 
-    async def _blocking(self, func: Any, *args: Any) -> Any:
-        """`func(*args)` on the lane; a call still blocked after STUCK_AFTER leaves the lane and
-        the producer behind (neither is used again) and raises TransportError."""
+    @property
+    def _ending_limit(self) -> float:
+        return self.transaction_timeout + STUCK_PAST_TIMEOUT
+
+    async def _blocking(self, func: Any, *args: Any, limit: float = STUCK_AFTER) -> Any:
+        """`func(*args)` on the lane; a call still blocked after `limit` seconds leaves the lane
+        and the producer behind (neither is used again) and raises TransportError."""
         future = self._lane.run(lambda: func(*args))
         try:
-            return await asyncio.wait_for(asyncio.shield(future), STUCK_AFTER)
+            return await asyncio.wait_for(asyncio.shield(future), limit)
         except TimeoutError:
             name = getattr(func, "__name__", repr(func))
             log.error("the transactional producer has not returned from %s for %gs (a Kafka client bug): leaving "
-                      "it behind; a new producer fences it and the calls run again", name, STUCK_AFTER)
+                      "it behind; a new producer fences it and the calls run again", name, limit)
             self._lane.close()
             self._lane = _Lane()
             self._producer = None
-            raise TransportError(f"{name} did not return within {STUCK_AFTER:g}s") from None
+            raise TransportError(f"{name} did not return within {limit:g}s") from None

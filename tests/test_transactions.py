@@ -182,3 +182,39 @@ def test_too_many_done_records_to_name_keep_the_transaction_open(producer: Produ
         await txn.close()
 
     asyncio.run(run())
+
+
+def test_a_commit_stuck_past_the_transaction_timeout_gets_a_new_producer(producer: Producer,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka's send_offsets_to_transaction may never return when the group coordinator dies
+    (librdkafka issues 5456, 5511): the handler must not wait longer than the broker keeps the
+    transaction (it has aborted it by then), but replace the producer so the calls run again."""
+    monkeypatch.setattr(transactions, "STUCK_PAST_TIMEOUT", 0.5)
+    fresh = Producer()
+    producers = iter([producer, fresh])
+
+    class Replacing(Engine):
+        def transactional_producer(self, transactional_id: str, timeout: float) -> Producer:
+            self.timeout = timeout
+            return next(producers)
+
+    async def run() -> None:
+        config = WorkerConfig(kafka=KafkaConfig(), exactly_once=True, transactional_id="t1", session_timeout=6.0)
+        engine = Replacing(producer)
+        txn = Transactions(config, engine, lambda: "group-metadata", OffsetTracker(), HandlerMetrics(),  # type: ignore[arg-type]
+                           Handoff(asyncio.get_running_loop()))
+        await txn.start()
+        assert engine.timeout == txn.transaction_timeout == 10.0
+        monkeypatch.setattr(Transactions, "transaction_timeout", property(lambda self: 0.5))
+        await txn.send("replies", b"1", None, [])
+        producer.hold.clear()  # the commit blocks (for 5 s, the stand-in's longest)
+        assert not await asyncio.wait_for(txn.commit(), 4.0)  # given up after 0.5 + 0.5 s
+        assert txn.failed
+        txn.resume()
+        await txn.send("replies", b"2", None, [])
+        assert await txn.commit()
+        assert fresh.log.count("commit") == 1 and ("send", "replies") in fresh.log
+        producer.hold.set()
+        await txn.close()
+
+    asyncio.run(run())
