@@ -52,7 +52,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     lever.add_argument("--handler-target", help="servicer of the handler processes (default bench.servicer:Echo)")
     lever.add_argument("--handler-args", help="extra handler options, e.g. '--concurrency 64'")
     lever.add_argument("--pingpong-args", help="extra ping-pong options, e.g. '--fetch-max-wait-ms 500 --linger-ms 1'")
-    lever.add_argument("--channel-args", help="extra options of the channel scenario's client, e.g. '--kafka-option linger.ms=5'")
+    lever.add_argument("--channel-args", help="extra options of the channel scenario's client, e.g. '--reply-run 1'")
     lever.add_argument("--pythonpath", help="prepended to the children's PYTHONPATH, e.g. a folder holding crc32c")
     parser.add_argument("--memory-in-flight", type=int, help="calls in flight of the frontend memory cells (0: skip them)")
     parser.add_argument("--name", help="results file name (default: bench, quick or long)")

@@ -175,11 +175,10 @@ def rdkafka_main(args: argparse.Namespace) -> None:
             value = stats.request_bytes(payload)
 
             def send(cid: bytes, value: bytes = value) -> None:
-                if args.partition_run:  # runs of requests to one partition: librdkafka batches per partition
-                    partition = partitions[next(sent) // args.partition_run % len(partitions)]
-                    producer.produce(args.request_topic, value, partition=partition, headers=[(CORRELATION, cid)])
-                else:
-                    producer.produce(args.request_topic, value, headers=[(CORRELATION, cid)])
+                # Runs of requests to one partition: librdkafka puts one partition in each request.
+                where = {"partition": partitions[next(sent) // args.partition_run % len(partitions)]} \
+                    if args.partition_run else {}
+                producer.produce(args.request_topic, value, headers=[(CORRELATION, cid)], **where)
 
             window = Window(payload, n, warmup, duration, report, send, ids)
             window.start()

@@ -78,15 +78,11 @@ async def run(args: argparse.Namespace) -> None:
 
         from adapter.caller import requester
         from adapter.caller.aio_channel import AioKafkaChannel
-        from adapter.runtime.config import KafkaConfig
 
         if args.reply_run:
             requester.REPLY_RUN = args.reply_run
-
-        options = dict(option.split("=", 1) for option in args.kafka_option)
-        kafka = KafkaConfig(bootstrap_servers=tuple(args.kafka.split(",")), topic_prefix=args.prefix,
-                            client=args.kafka_client, client_options=options)
-        channels = [await AioKafkaChannel.connect([kitchen_pb2], kafka=kafka, reply_topic=f"{args.prefix}replies")]
+        channels = [await AioKafkaChannel.connect([kitchen_pb2], bootstrap_servers=args.kafka, topic_prefix=args.prefix,
+                                                  kafka_client=args.kafka_client, reply_topic=f"{args.prefix}replies")]
     else:
         options = [("grpc.max_receive_message_length", 8 * 1024 * 1024)]
         channels = [grpc.aio.insecure_channel(t, options=options) for t in args.target]
@@ -111,8 +107,6 @@ def main() -> None:
     parser.add_argument("--kafka", metavar="BOOTSTRAP", help="call through an AioKafkaChannel on this broker instead")
     parser.add_argument("--prefix", default="", help="topic prefix of the AioKafkaChannel")
     parser.add_argument("--kafka-client", default="confluent", help="engine of the AioKafkaChannel")
-    parser.add_argument("--kafka-option", action="append", default=[], metavar="NAME=VALUE",
-                        help="a client setting of the AioKafkaChannel, in its engine's names (repeatable)")
     parser.add_argument("--reply-run", type=int, default=0, metavar="N",
                         help="calls in a row asking for replies on one partition, AioKafkaChannel (0: ours)")
     parser.add_argument("--method", default=stats.ECHO)
