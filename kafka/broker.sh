@@ -579,8 +579,16 @@ cds_finish() {
 
 fail_start() {
     local pid="$1"
-    err "broker failed to start; last 30 lines of $LOG_FILE:"
-    tail -n 30 "$LOG_FILE" >&2 2>/dev/null || true
+    err "broker failed to start; its first line, start-up steps, last warnings and last 30 lines ($LOG_FILE):"
+    # The steps (Kafka logs "Waiting for X" / "Finished waiting for X") say where a slow start
+    # stopped; the last lines alone are often replica fetcher chatter.
+    {
+        head -n 1 "$LOG_FILE"
+        grep -E "Waiting for|Finished waiting|Kafka Server started" "$LOG_FILE" | tail -n 20
+        grep -E "\] (WARN|ERROR|FATAL) " "$LOG_FILE" | tail -n 10
+        echo "..."
+        tail -n 30 "$LOG_FILE"
+    } >&2 2>/dev/null || true
     if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
         stop_pid "$pid" || true
     fi

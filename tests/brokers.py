@@ -86,7 +86,10 @@ class Cluster:
         self.base = base or free_port_run(6)
         self.env = {**os.environ, "KAFKA_CLUSTER_STATE_DIR": str(state), "KAFKA_CLUSTER_PORT": str(self.base),
                     # Off for a cluster per test session: no class-data archive written at each exit.
-                    "KAFKA_CDS": "1" if cds else "0"}
+                    "KAFKA_CDS": "1" if cds else "0",
+                    # A node restarted under the tests' full load on two cores has taken over 60 s
+                    # (broker.sh's default) in a CI run; the load, not the node, is slow then.
+                    "KAFKA_START_TIMEOUT": "180"}
         main_libs = procs.REPO / ".kafka" / "libs"
         if main_libs.is_dir():
             self.env["KAFKA_LIBS_DIR"] = str(main_libs)  # the jars the single broker fetched
@@ -99,7 +102,7 @@ class Cluster:
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{self.base + 2 * (n - 1)}" for n in self.NODES)
 
-    def run(self, *args: str, timeout: float = 120) -> str:
+    def run(self, *args: str, timeout: float = 240) -> str:
         """Run kafka/cluster.sh with `args`; return its output, or fail with it."""
         done = subprocess.run(["bash", "kafka/cluster.sh", *args], cwd=procs.REPO, env=self.env, capture_output=True,
                               text=True, timeout=timeout)
@@ -139,7 +142,7 @@ class Cluster:
     def _started(self) -> None:
         starting, self._starting = self._starting, []
         for node, proc in starting:
-            out, _ = proc.communicate(timeout=120)
+            out, _ = proc.communicate(timeout=240)
             if proc.returncode:
                 raise AssertionError(f"kafka/cluster.sh start {node} failed ({proc.returncode}):\n{out}")
 

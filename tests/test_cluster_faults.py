@@ -248,7 +248,9 @@ def test_broker_handler_and_frontend_crash_together(cluster: Cluster, prefix: st
         r.start_handler()
         recovered = r.load.wait_ok_since(killed, RECOVERY)
         print(f"together: broker {node}, a handler and the frontend killed; calls succeeded again {recovered:.1f}s later")
-        cluster.start(node)
+        # In the background, as after a single kill: a CI run saw this start take over 60 s under
+        # the load, and the next test's fixture waits for it anyway.
+        cluster.start_soon(node)
         time.sleep(2)
         r.finish("broker, handler and frontend crash together", recovered_s=round(recovered, 1))
 

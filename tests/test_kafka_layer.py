@@ -429,3 +429,32 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_a_producer_whose_records_wait_with_no_delivery_report_warns(monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Records stuck in a confluent producer are not silent: after STALLED_AFTER seconds with no
+    delivery report the producer warns how many wait, with librdkafka's last errors (a handler's
+    replies once sat in a producer for a minute after a broker restart, and nothing said so)."""
+    import socket
+
+    from adapter.kafka import confluent
+
+    monkeypatch.setattr(confluent, "STALLED_AFTER", 1.0)
+    with socket.socket() as sock:  # a port nobody listens on: the records can only wait
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    producer = open_engine(KafkaConfig(bootstrap_servers=(f"127.0.0.1:{port}",), client="confluent")).producer()
+    try:
+        with caplog.at_level("WARNING", logger=confluent.__name__):
+            for i in range(3):
+                producer.produce("stalled", b"v%d" % i, None, [], 0, None)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any("waited" in r.getMessage() for r in caplog.records):
+                time.sleep(0.1)
+        warnings = [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
+        assert warnings, "no warning about records waiting for Kafka"
+        assert warnings[0].startswith("producer: 3 records have waited"), warnings[0]
+        assert "Connection refused" in warnings[0], warnings[0]  # librdkafka's reason, from its error callback
+    finally:
+        producer.close(0)

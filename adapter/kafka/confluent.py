@@ -174,7 +174,7 @@ class ConfluentEngine:
                # so one key keeps one partition whatever the engine or language of the caller.
                "partitioner": "murmur2_random"})
         with translated("creating a producer"):
-            return _Producer(Producer(settings), self._explain)
+            return _Producer(Producer(settings), self._explain, errors)
 
     def transactional_producer(self, transactional_id: str, timeout: float) -> _TransactionalProducer:
         errors = _Errors()
@@ -190,7 +190,7 @@ class ConfluentEngine:
                # the exactly-once latency tail with kafka-python).
                "retry.backoff.ms": 10})
         with translated("creating a transactional producer"):
-            producer = _TransactionalProducer(Producer(settings), self._explain)
+            producer = _TransactionalProducer(Producer(settings), self._explain, errors)
         try:
             with translated(f"initialising transactions for {transactional_id}"):
                 producer.raw.init_transactions(30)
@@ -299,19 +299,39 @@ class ConfluentEngine:
         return f"connecting to Kafka at {where}: {said}{tls_hint(self.config.bootstrap_servers[0], protocol, 'security.protocol')}"
 
 
-class _Poller:
-    """A thread serving a producer's delivery reports (they run only inside poll)."""
+#: Seconds records may wait for Kafka without any delivery report before the poller warns (again).
+STALLED_AFTER = 30.0
 
-    def __init__(self, producer: Producer, name: str) -> None:
+
+class _Poller:
+    """A thread serving a producer's delivery reports (they run only inside poll).
+
+    It warns when records have waited STALLED_AFTER seconds with no report at all, with
+    librdkafka's last errors: a reply stuck in a producer is otherwise silent (librdkafka retries
+    until message.timeout.ms, 5 min by default)."""
+
+    def __init__(self, producer: Producer, name: str, errors: _Errors) -> None:
         self._producer = producer
+        self._errors = errors
         self._stopping = threading.Event()
+        #: When the last delivery report came (set by the producer's callbacks, on this thread).
+        self.reported = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        warned = 0.0
         while not self._stopping.is_set():
             try:
                 self._producer.poll(0.1)
+                now = time.monotonic()
+                if not len(self._producer):
+                    self.reported = now
+                elif now - max(self.reported, warned) >= STALLED_AFTER:
+                    log.warning("producer: %d records have waited %.0f s for Kafka with no delivery report; "
+                                "last client errors: %s", len(self._producer), now - self.reported,
+                                "; ".join(self._errors.last) or "none")
+                    warned = now
             except KafkaException as exc:  # a fatal error (fenced, say): whoever uses the producer sees it too
                 log.debug("producer: %s", _reason(exc))
                 self._stopping.wait(0.1)
@@ -324,16 +344,18 @@ class _Poller:
 
 
 class _Producer:
-    def __init__(self, producer: Producer, explain: Any) -> None:
+    def __init__(self, producer: Producer, explain: Any, errors: _Errors) -> None:
         self.raw = producer
         self._explain = explain
-        self._poller = _Poller(producer, "kafka-delivery")
+        self._poller = _Poller(producer, "kafka-delivery", errors)
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
                 partition: int | None = None, on_delivery: OnDelivery | None = None) -> None:
-        callback = None
-        if on_delivery is not None:
-            def callback(error: KafkaError | None, _message: Any) -> None:
+        poller = self._poller
+
+        def callback(error: KafkaError | None, _message: Any) -> None:
+            poller.reported = time.monotonic()
+            if on_delivery is not None:
                 on_delivery(None if error is None else _produce_error(topic, error))
         try:
             sent: Any = headers  # confluent-kafka's stubs want the header values' type wider
