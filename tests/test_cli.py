@@ -230,3 +230,24 @@ def test_the_metrics_endpoint_listens_where_it_is_told(kafka_bootstrap: str, pre
             assert b"kafka_rpc_handler" in response.read()
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("env, capped", [({}, True), ({"MALLOC_ARENA_MAX": "8"}, False)])
+def test_both_commands_cap_malloc_arenas_unless_malloc_arena_max_says(env: dict[str, str], capped: bool) -> None:
+    """`cli.command` (python -m adapter and python -m handlers) caps glibc's malloc arenas before
+    any thread starts (the frontend's RSS with 1,000 calls of 10 KiB in flight); a
+    MALLOC_ARENA_MAX the user set is left to glibc."""
+    script = (
+        "import argparse, asyncio\n"
+        "from adapter.runtime import arenas, cli\n"
+        "seen = []\n"
+        "real = arenas.limit_malloc_arenas\n"
+        "cli.limit_malloc_arenas = lambda: seen.append(real()) or seen[-1]\n"
+        "args = argparse.Namespace(log_level='WARNING', log_format='text')\n"
+        "async def serve(args, stop): pass\n"
+        "assert cli.command('t', lambda argv: args, [], serve) == 0\n"
+        "print(seen)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**child_env(), **env},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"[{capped}]"

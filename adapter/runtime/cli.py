@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapter.errors import ConfigError, KafkaRpcError
+from adapter.runtime.arenas import limit_malloc_arenas
 from adapter.runtime.config import KAFKA_CLIENTS, KafkaConfig, MiB
 from adapter.runtime.logs import JsonFormatter
 
@@ -308,6 +309,7 @@ def command(name: str, parse: Callable[[list[str] | None], argparse.Namespace], 
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level, name, args.log_format)
+    limit_malloc_arenas()  # before any thread starts (docs/performance.md: the frontend's RSS)
     return run(functools.partial(serve, args), name)
 
 
