@@ -13,6 +13,7 @@ Each variant patches one named function at start-up and fails loudly if that nam
 - ``replyfetch=MS``: the frontend's fetch wait (ours: 100).
 - ``replybytes=N``: the frontend's fetch size limit.
 - ``commit=S``: a handler commits offsets at most every S seconds (ours: every 0.2 s).
+- ``loop=asyncio|uvloop``: the processes' event loop (ours: uvloop where installed).
 - ``run=N``: the frontend's requester asks for replies on one partition N calls in a row
   (ours: `adapter.caller.requester.REPLY_RUN`); 1 spreads them one by one.
 
@@ -85,6 +86,11 @@ def commit(value: str) -> None:
     worker._commit = throttled
 
 
+def loop(value: str) -> None:
+    """The frontend's and the handlers' event loop, as --event-loop would choose it: asyncio or uvloop."""
+    os.environ["KAFKA_RPC_EVENT_LOOP"] = value
+
+
 def trace(value: str) -> None:
     from bench import trace as tracing
 
@@ -92,7 +98,7 @@ def trace(value: str) -> None:
 
 
 VARIANTS = {"switch": switch, "linger": linger, "replyfetch": replyfetch, "replybytes": replybytes, "commit": commit,
-            "run": run,
+            "run": run, "loop": loop,
             "trace": trace}
 
 

@@ -251,3 +251,37 @@ def test_both_commands_cap_malloc_arenas_unless_malloc_arena_max_says(env: dict[
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"[{capped}]"
+
+
+@pytest.mark.parametrize("choice, loop", [("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_both_commands_run_on_the_event_loop_chosen(choice: str, loop: str) -> None:
+    """`cli.command` runs `serve` on uvloop's loop unless --event-loop asyncio says otherwise."""
+    script = (
+        "import argparse, asyncio\n"
+        "from adapter.runtime import cli\n"
+        f"args = argparse.Namespace(log_level='WARNING', log_format='text', event_loop={choice!r})\n"
+        "async def serve(args, stop): print(type(asyncio.get_running_loop()).__module__.split('.')[0])\n"
+        "assert cli.command('t', lambda argv: args, [], serve) == 0\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == loop
+
+
+def test_event_loop_uvloop_without_uvloop_is_one_clear_line() -> None:
+    script = (
+        "import argparse, sys\n"
+        "sys.modules['uvloop'] = None  # as if not installed\n"
+        "from adapter.runtime import cli\n"
+        "args = argparse.Namespace(log_level='WARNING', log_format='text', event_loop='{choice}')\n"
+        "async def serve(args, stop): print('served')\n"
+        "sys.exit(cli.command('handlers', lambda argv: args, [], serve))\n")
+    done = subprocess.run([sys.executable, "-c", script.replace("{choice}", "uvloop")], cwd=REPO, env=child_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and not done.stdout
+    assert done.stderr.strip() == ("handlers: error: --event-loop uvloop: uvloop is not installed (pip install uvloop), "
+                                   "or choose --event-loop asyncio")
+    # auto falls back to asyncio's loop
+    done = subprocess.run([sys.executable, "-c", script.replace("{choice}", "auto")], cwd=REPO, env=child_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "served", done.stderr

@@ -35,6 +35,9 @@ from adapter.runtime.arenas import limit_malloc_arenas
 from adapter.runtime.config import KAFKA_CLIENTS, KafkaConfig, MiB
 from adapter.runtime.logs import JsonFormatter
 
+#: `--event-loop` choices.
+EVENT_LOOPS = ["auto", "uvloop", "asyncio"]
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -238,6 +241,9 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
                         help="text, or one JSON object per line (default %(default)s)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default %(default)s")
+    parser.add_argument("--event-loop", default="auto", choices=EVENT_LOOPS,
+                        help="asyncio's event loop: uvloop's where it is installed (auto), or one of them "
+                        "(default %(default)s)")
 
 
 def add_metrics_argument(parser: argparse.ArgumentParser) -> None:
@@ -310,11 +316,35 @@ def command(name: str, parse: Callable[[list[str] | None], argparse.Namespace], 
         return 2
     setup_logging(args.log_level, name, args.log_format)
     limit_malloc_arenas()  # before any thread starts (docs/performance.md: the frontend's RSS)
-    return run(functools.partial(serve, args), name)
+    try:
+        factory = loop_factory(getattr(args, "event_loop", "auto"))
+    except ConfigError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    return run(functools.partial(serve, args), name, factory)
 
 
-def run(main: Callable[[asyncio.Event], Awaitable[None]], name: str) -> int:
-    """Run `main(stop_event)`; the first SIGINT/SIGTERM sets the event, a second one exits at once."""
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop `--event-loop` names: uvloop's, or None for the standard library's.
+
+    uvloop's wakes a loop from another thread and runs its callbacks in C, where both processes
+    hand every Kafka record over (docs/performance.md, "What paid", 8)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("--event-loop uvloop: uvloop is not installed (pip install uvloop), "
+                              "or choose --event-loop asyncio") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run(main: Callable[[asyncio.Event], Awaitable[None]], name: str,
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> int:
+    """Run `main(stop_event)` on a loop from `factory` (asyncio's when None); the first
+    SIGINT/SIGTERM sets the event, a second one exits at once."""
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -332,7 +362,9 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]], name: str) -> int:
         await main(stop)
 
     try:
-        asyncio.run(runner())
+        with asyncio.Runner(loop_factory=factory) as loop_runner:
+            logging.getLogger(name).debug("event loop: %s", type(loop_runner.get_loop()).__module__)
+            loop_runner.run(runner())
     except KafkaRpcError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
