@@ -243,7 +243,7 @@ def test_both_commands_cap_malloc_arenas_unless_malloc_arena_max_says(env: dict[
         "seen = []\n"
         "real = arenas.limit_malloc_arenas\n"
         "cli.limit_malloc_arenas = lambda: seen.append(real()) or seen[-1]\n"
-        "args = argparse.Namespace(log_level='WARNING', log_format='text')\n"
+        "args = argparse.Namespace(log_level='WARNING', log_format='text', event_loop='auto')\n"
         "async def serve(args, stop): pass\n"
         "assert cli.command('t', lambda argv: args, [], serve) == 0\n"
         "print(seen)\n")

@@ -317,7 +317,7 @@ def command(name: str, parse: Callable[[list[str] | None], argparse.Namespace], 
     setup_logging(args.log_level, name, args.log_format)
     limit_malloc_arenas()  # before any thread starts (docs/performance.md: the frontend's RSS)
     try:
-        factory = loop_factory(getattr(args, "event_loop", "auto"))
+        factory = loop_factory(args.event_loop)
     except ConfigError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
