@@ -21,6 +21,7 @@ import time
 
 import grpc
 
+from adapter.runtime.cli import loop_factory
 from bench import stats, trace
 
 #: With BENCH_TRACE set (to the `trace=DIR` folder), the client marks its side of each call too.
@@ -109,13 +110,17 @@ def main() -> None:
     parser.add_argument("--kafka-client", default="confluent", help="engine of the AioKafkaChannel")
     parser.add_argument("--reply-run", type=int, default=0, metavar="N",
                         help="calls in a row asking for replies on one partition, AioKafkaChannel (0: ours)")
+    parser.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="asyncio",
+                        help="this client's event loop, as our commands' --event-loop (default: asyncio; for the "
+                             "channel scenario uvloop measured within the noise, docs/performance.md)")
     parser.add_argument("--method", default=stats.ECHO)
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each call, seconds")
     stats.add_cell_arguments(parser)
     args = parser.parse_args()
     if not args.target and not args.kafka:
         parser.error("give --target or --kafka")
-    asyncio.run(run(args))
+    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+        runner.run(run(args))
 
 
 if __name__ == "__main__":

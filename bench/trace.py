@@ -16,12 +16,13 @@ path. Steps:
     F sent        KafkaTransport.send returned: the record is in the producer's buffer
     F produce     the producer's sender thread made the ProduceRequest (kafka-python)
     H fetched     the handler consumer's I/O thread got the FetchResponse with the request
-    H polled      KafkaConsumer.poll returned the request (handler's consumer thread)
+    H polled      the consumer's poll returned the request (handler's consumer thread)
     H accepted    Worker._accept: the record reached the handler's event loop
     H replying    Worker._send entered: the servicer ran, the reply is being produced
-    H produce     the handler producer's sender thread made the ProduceRequest
+    H produce     the handler producer's sender thread made the ProduceRequest (kafka-python),
+                  or librdkafka's produce returned (confluent)
     F fetched     the reply consumer's I/O thread got the FetchResponse with the reply
-    F polled      KafkaConsumer.poll returned the reply (frontend's reply-listener thread)
+    F polled      the consumer's poll returned the reply (frontend's reply-listener thread)
     F decoded     Requester._replies_from_thread: decoded, about to hop to the event loop
     F delivered   Requester._deliver: on the event loop, the waiter is woken
     F returned    Requester.call returned
@@ -122,6 +123,23 @@ def _wrap_kafka(side: str) -> None:
     Fetcher._handle_fetch_response = handle_fetch_response
 
 
+def _wrap_confluent(side: str) -> None:
+    """Marks in the confluent engine: a poll returning records, a produce handed to librdkafka."""
+    engine = importlib.import_module("adapter.kafka.confluent")
+    poll_original = engine._Consumer.poll
+
+    @functools.wraps(poll_original)
+    def poll(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = poll_original(self, *args, **kwargs)
+        if result:
+            mark(f"{side} polled")
+        return result
+
+    engine._Consumer.poll = poll
+    if side == "H":  # the frontend's produce is "F sent" already
+        _wrap(engine._Producer, "produce", after="H produce")
+
+
 def install(folder: str) -> None:
     """Patch the frontend or handler code imported in this process; dump events at exit."""
     role = "handler" if "handlers" in sys.argv[0] else "frontend"
@@ -134,11 +152,13 @@ def install(folder: str) -> None:
         _wrap(requester, "_replies_from_thread", before="F decoded")
         _wrap(requester, "_deliver", before="F delivered")
         _wrap_kafka("F")
+        _wrap_confluent("F")
     else:
         worker = importlib.import_module("handlers.worker").Worker
         _wrap(worker, "_accept", before="H accepted")
         _wrap(worker, "_send", before="H replying")
         _wrap_kafka("H")
+        _wrap_confluent("H")
     dump_at_exit(folder, role)
 
 

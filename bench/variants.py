@@ -10,6 +10,8 @@ Each variant patches one named function at start-up and fails loudly if that nam
 - ``switch=S``: ``sys.setswitchinterval(S)`` (default 0.005): how long a thread that wants
   the GIL waits before the holder is asked to drop it.
 - ``linger=MS``: producers' linger (ours: 0): batch records produced within MS.
+- ``idempotence=false``: producers without idempotence (ours: idempotent).
+- ``dronlyerror=true``: the frontend's producer reports failed deliveries only (ours: all).
 - ``replyfetch=MS``: the frontend's fetch wait (ours: 100).
 - ``replybytes=N``: the frontend's fetch size limit.
 - ``commit=S``: a handler commits offsets at most every S seconds (ours: every 0.2 s).
@@ -44,6 +46,8 @@ def _kafka_option(confluent: str, kafka_python: str, frontend_only: bool = False
     engine = "kafka-python" if "kafka-python" in sys.argv or os.environ.get("KAFKA_RPC_KAFKA_CLIENT") == "kafka-python" \
         else "confluent"
     setting = kafka_python if engine == "kafka-python" else confluent
+    if not setting:
+        raise SystemExit(f"bench.variants: {confluent.split('=')[0]} has no {engine} counterpart")
     current = os.environ.get("KAFKA_RPC_KAFKA_OPTION")
     os.environ["KAFKA_RPC_KAFKA_OPTION"] = f"{current},{setting}" if current else setting
 
@@ -54,6 +58,14 @@ def switch(value: str) -> None:
 
 def linger(value: str) -> None:
     _kafka_option(f"linger.ms={value}", f"linger_ms={int(value)}")
+
+
+def idempotence(value: str) -> None:
+    _kafka_option(f"enable.idempotence={value}", f"enable_idempotence={value.capitalize()}")
+
+
+def dronlyerror(value: str) -> None:
+    _kafka_option(f"delivery.report.only.error={value}", "", frontend_only=True)
 
 
 def replyfetch(value: str) -> None:
@@ -97,8 +109,8 @@ def trace(value: str) -> None:
     tracing.install(value)
 
 
-VARIANTS = {"switch": switch, "linger": linger, "replyfetch": replyfetch, "replybytes": replybytes, "commit": commit,
-            "run": run, "loop": loop,
+VARIANTS = {"switch": switch, "linger": linger, "idempotence": idempotence, "dronlyerror": dronlyerror,
+            "replyfetch": replyfetch, "replybytes": replybytes, "commit": commit, "run": run, "loop": loop,
             "trace": trace}
 
 
