@@ -21,6 +21,9 @@ Each variant patches one named function at start-up and fails loudly if that nam
 
 The Kafka settings go in as `--kafka-option` would give them (`KAFKA_RPC_KAFKA_OPTION`), in
 the names of the engine the process runs.
+- ``keyless=1``: the frontend sends requests without a record key, so librdkafka's sticky
+  partitioner (``sticky.partitioning.linger.ms``) sends calls in batches to one partition
+  instead of spreading them one by one (breaks cancellation routing: measurement only).
 - ``trace=DIR``: timestamps at each hand-off of a call, written to DIR (`bench.trace`).
 """
 
@@ -98,6 +101,17 @@ def commit(value: str) -> None:
     worker._commit = throttled
 
 
+def keyless(value: str) -> None:
+    transport = _module("adapter.caller.transport").KafkaTransport
+    original = transport.send
+
+    @functools.wraps(original)
+    def send(self: Any, topic: str, key: bytes | None, *args: Any, **kwargs: Any) -> None:
+        original(self, topic, None, *args, **kwargs)
+
+    transport.send = send
+
+
 def loop(value: str) -> None:
     """The frontend's and the handlers' event loop, as --event-loop would choose it: asyncio or uvloop."""
     os.environ["KAFKA_RPC_EVENT_LOOP"] = value
@@ -111,7 +125,7 @@ def trace(value: str) -> None:
 
 VARIANTS = {"switch": switch, "linger": linger, "idempotence": idempotence, "dronlyerror": dronlyerror,
             "replyfetch": replyfetch, "replybytes": replybytes, "commit": commit, "run": run, "loop": loop,
-            "trace": trace}
+            "keyless": keyless, "trace": trace}
 
 
 def apply(spec: str) -> None:
