@@ -24,6 +24,8 @@ the names of the engine the process runs.
 - ``keyless=1``: the frontend sends requests without a record key, so librdkafka's sticky
   partitioner (``sticky.partitioning.linger.ms``) sends calls in batches to one partition
   instead of spreading them one by one (breaks cancellation routing: measurement only).
+- ``grpcopt=NAME:VALUE``: one more option of the frontend's grpc.aio server (a channel
+  argument such as ``grpc.optimization_target:throughput``).
 - ``trace=DIR``: timestamps at each hand-off of a call, written to DIR (`bench.trace`).
 """
 
@@ -112,6 +114,20 @@ def keyless(value: str) -> None:
     transport.send = send
 
 
+def grpcopt(value: str) -> None:
+    import grpc.aio
+
+    name, _, setting = value.partition(":")
+    original = grpc.aio.server
+
+    @functools.wraps(original)
+    def server(*args: Any, options: Any = None, **kwargs: Any) -> Any:
+        return original(*args, options=[*(options or []), (name, int(setting) if setting.isdigit() else setting)],
+                        **kwargs)
+
+    grpc.aio.server = server
+
+
 def loop(value: str) -> None:
     """The frontend's and the handlers' event loop, as --event-loop would choose it: asyncio or uvloop."""
     os.environ["KAFKA_RPC_EVENT_LOOP"] = value
@@ -125,7 +141,7 @@ def trace(value: str) -> None:
 
 VARIANTS = {"switch": switch, "linger": linger, "idempotence": idempotence, "dronlyerror": dronlyerror,
             "replyfetch": replyfetch, "replybytes": replybytes, "commit": commit, "run": run, "loop": loop,
-            "keyless": keyless, "trace": trace}
+            "keyless": keyless, "grpcopt": grpcopt, "trace": trace}
 
 
 def apply(spec: str) -> None:
