@@ -86,29 +86,28 @@ def _wrap(cls: Any, name: str, before: str | None = None, after: str | None = No
     setattr(cls, name, traced)
 
 
+def _mark_results(cls: Any, name: str, label: str) -> None:
+    """Mark `label` each time `cls.name` returns something (records polled, requests made)."""
+    original = getattr(cls, name)
+
+    @functools.wraps(original)
+    def marked(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if result:
+            mark(label)
+        return result
+
+    setattr(cls, name, marked)
+
+
 def _wrap_kafka(side: str) -> None:
     """Marks inside kafka-python: poll returning records, a ProduceRequest made, a FetchResponse with data."""
     from kafka import KafkaConsumer
     from kafka.consumer.fetcher import Fetcher
     from kafka.producer.sender import Sender
 
-    poll_original = KafkaConsumer.poll
-
-    @functools.wraps(poll_original)
-    def poll(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = poll_original(self, *args, **kwargs)
-        if result:
-            mark(f"{side} polled")
-        return result
-
-    produce_original = Sender._create_produce_requests
-
-    @functools.wraps(produce_original)
-    def create_produce_requests(self: Any, *args: Any, **kwargs: Any) -> Any:
-        requests = produce_original(self, *args, **kwargs)
-        if requests:
-            mark(f"{side} produce")
-        return requests
+    _mark_results(KafkaConsumer, "poll", f"{side} polled")
+    _mark_results(Sender, "_create_produce_requests", f"{side} produce")
 
     fetch_original = Fetcher._handle_fetch_response
 
@@ -118,24 +117,13 @@ def _wrap_kafka(side: str) -> None:
             mark(f"{side} fetched")
         return fetch_original(self, node_id, fetch_offsets, send_time, response)
 
-    KafkaConsumer.poll = poll
-    Sender._create_produce_requests = create_produce_requests
     Fetcher._handle_fetch_response = handle_fetch_response
 
 
 def _wrap_confluent(side: str) -> None:
     """Marks in the confluent engine: a poll returning records, a produce handed to librdkafka."""
     engine = importlib.import_module("adapter.kafka.confluent")
-    poll_original = engine._Consumer.poll
-
-    @functools.wraps(poll_original)
-    def poll(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = poll_original(self, *args, **kwargs)
-        if result:
-            mark(f"{side} polled")
-        return result
-
-    engine._Consumer.poll = poll
+    _mark_results(engine._Consumer, "poll", f"{side} polled")
     if side == "H":  # the frontend's produce is "F sent" already
         _wrap(engine._Producer, "produce", after="H produce")
 
@@ -178,6 +166,8 @@ def analyse(folder: Path) -> dict[str, float]:
     """Median microseconds of each step, over the calls whose events came complete and in order."""
     events = sorted(tuple(json.loads(line)) for f in folder.glob("*.jsonl") for line in f.read_text().splitlines())
     seen = {name for _, name in events}
+    if not seen:
+        raise SystemExit(f"bench.trace: no events in {folder} (was the run started with --variant trace={folder}?)")
     # The kafka-python marks (produce, fetched, polled) never fire on the confluent engine.
     steps = [step for step in (STEPS if "C sent" in seen else STEPS[1:-1]) if step in seen]
     gaps: dict[str, list[float]] = {f"{a} -> {b}": [] for a, b in itertools.pairwise(steps)}
