@@ -18,7 +18,6 @@ import argparse
 import statistics
 import struct
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ import uuid
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from bench import topics
+from bench.procs import python
 
 PARTITIONS = 8
 
@@ -75,9 +75,9 @@ def consume(args: argparse.Namespace) -> None:
 
 
 def produce(args: argparse.Namespace, gap: float) -> str:
-    consumer = subprocess.Popen([sys.executable, "-m", "bench.leg", "--consume", "--topic", args.topic,
-                                 "--bootstrap-servers", args.bootstrap_servers, "--seconds", str(args.seconds + 5),
-                                 *(["--ours"] if args.ours else [])],
+    consumer = subprocess.Popen(python("bench.leg", "--consume", "--topic", args.topic,
+                                       "--bootstrap-servers", args.bootstrap_servers, "--seconds", str(args.seconds + 5),
+                                       *(["--ours"] if args.ours else [])),
                                 stdout=subprocess.PIPE, text=True)
     assert consumer.stdout is not None
     if "ready" not in consumer.stdout.readline():

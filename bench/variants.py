@@ -18,15 +18,15 @@ Each variant patches one named function at start-up and fails loudly if that nam
 - ``loop=asyncio|uvloop``: the processes' event loop (ours: uvloop where installed).
 - ``run=N``: the frontend's requester asks for replies on one partition N calls in a row
   (ours: `adapter.caller.requester.REPLY_RUN`); 1 spreads them one by one.
-
-The Kafka settings go in as `--kafka-option` would give them (`KAFKA_RPC_KAFKA_OPTION`), in
-the names of the engine the process runs.
 - ``keyless=1``: the frontend sends requests without a record key, so librdkafka's sticky
   partitioner (``sticky.partitioning.linger.ms``) sends calls in batches to one partition
   instead of spreading them one by one (breaks cancellation routing: measurement only).
 - ``grpcopt=NAME:VALUE``: one more option of the frontend's grpc.aio server (a channel
   argument such as ``grpc.optimization_target:throughput``).
 - ``trace=DIR``: timestamps at each hand-off of a call, written to DIR (`bench.trace`).
+
+The Kafka settings go in as `--kafka-option` would give them (`KAFKA_RPC_KAFKA_OPTION`), in
+the names of the engine the process runs.
 """
 
 from __future__ import annotations

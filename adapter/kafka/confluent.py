@@ -275,10 +275,10 @@ class ConfluentEngine:
             except (KafkaException, TimeoutError) as exc:
                 client.poll(0)  # serves the error callback: why the connection failed
                 hopeless = any(word in said for said in errors.last for word in _HOPELESS)
-                if not hopeless and not tls_checked and any(word in said for said in errors.last
-                                                            for word in ("Disconnected", "brokers are down")):
-                    # A plaintext client at a TLS listener is only ever disconnected (librdkafka
-                    # logs each disconnection, and reports "all brokers down"): look once.
+                if not hopeless and not tls_checked:
+                    # A plaintext client at a TLS listener is only ever disconnected, and librdkafka
+                    # says so in its log, not to the error callback: after the first failed probe,
+                    # look once whether the port speaks TLS (instant on a refused port).
                     tls_checked = True
                     hopeless = bool(tls_hint(self.config.bootstrap_servers[0], protocol, "security.protocol"))
                 if hopeless or time.monotonic() >= deadline:
