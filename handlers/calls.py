@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Produce one reply record for `request` (to its reply topic and partition, with the request's key).
 Send = Callable[[wire.Request, wire.Reply | wire.Frame, bytes | None], Awaitable[None]]
+#: The same for a final reply, from any thread: True if it was handed to Kafka, whose answer
+#: (None: acknowledged) then goes to the callback, on the event loop. False: use `Send`.
+SendNow = Callable[[wire.Request, wire.Reply, bytes | None, Callable[[Exception | None], None]], bool]
 Partition = tuple[str, int]
 
 
@@ -117,13 +120,44 @@ class _Call:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
+class _EarlyReply:
+    """Sends a call's final reply from its def handler's thread (`Dispatcher.handle`'s `reply_now`).
+
+    The reply goes to Kafka without waiting for the event loop to wake up and take the handler's
+    result: that hop is a good part of a def handler's cost. What follows the send (the
+    delivery report, the call's end, its offset) still happens on the event loop."""
+
+    def __init__(self, call: _Call, send_now: SendNow) -> None:
+        self._call = call
+        self._send_now = send_now
+        self.sent = False
+        #: Kafka's answer to the reply: None once acknowledged, else the error.
+        self.delivered: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def __call__(self, reply: wire.Reply) -> None:
+        if self._call.ended:
+            return  # cancelled meanwhile: no reply (a cancel just after this check sends it, as if it came first)
+        try:
+            self.sent = self._send_now(self._call.request, reply, self._call.key, self._settle)
+        except Exception as exc:
+            # Refused at once (too large, producer closed...): the event loop sends it again,
+            # and that path tells the caller or dead-letters the request.
+            log.debug("call %s: its reply goes through the event loop: %s", reply.correlation_id.hex(), exc)
+
+    def _settle(self, error: Exception | None) -> None:
+        if not self.delivered.done():
+            self.delivered.set_result(error)
+
+
 class Calls:
     """Starts calls, routes their frames, cancels and aborts them."""
 
     def __init__(self, dispatcher: Dispatcher, send: Send, max_queued: int = 64 * 1024 * 1024,
                  replies: ReplyCache | None = None, metrics: HandlerMetrics | None = None,
-                 max_reading: int | None = None) -> None:
+                 max_reading: int | None = None, send_now: SendNow | None = None) -> None:
+        """`send_now`, if given, lets a def handler's thread send its call's final reply itself."""
         self.dispatcher = dispatcher
+        self._send_now = send_now
         #: Client and bidi streams still reading requests; `max_reading` of them at most (None: no limit).
         self.reading = 0
         self._max_reading = max_reading
@@ -325,12 +359,19 @@ class Calls:
             call.sent += 1
 
         reply = None
+        early = _EarlyReply(call, self._send_now) \
+            if self._send_now is not None and request.reply_topic and not call.streams_out else None
         try:
             reply = await self.dispatcher.handle(request, call.context.peer(), requests=call.requests, emit=emit,
-                                                 context=call.context)
+                                                 context=call.context, reply_now=early)
             if reply is not None and request.reply_topic and not call.ended:
                 call.ended = True
-                await self._send(request, reply, call.key)
+                if early is not None and early.sent:
+                    error = await early.delivered
+                    if error is not None:
+                        raise error
+                else:
+                    await self._send(request, reply, call.key)
         except asyncio.CancelledError:
             if not call.ended:
                 raise  # not our cancel: shutdown

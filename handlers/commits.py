@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -58,6 +59,11 @@ class CommitPolicy(Protocol):
     async def produce(self, topic: str, value: bytes, key: bytes | None, headers: Headers,
                       partition: int | None = None) -> asyncio.Future[None]:
         """Hand a record to the producer; the future ends when Kafka acknowledged it."""
+
+    def produce_now(self, topic: str, value: bytes, key: bytes | None, headers: Headers, partition: int | None,
+                    done: Callable[[Exception | None], None]) -> bool:
+        """From any thread: hand a call's final reply to the producer at once, if this guarantee
+        allows it (False: use `produce`); `done` runs on the event loop with Kafka's answer."""
 
     def reply_handed(self, correlation_id: bytes) -> None:
         """A call's final reply was just handed to the producer."""
@@ -119,6 +125,14 @@ class AtLeastOnce:
                       partition: int | None = None) -> asyncio.Future[None]:
         assert self._producer is not None and self._handoff is not None
         return deliver(self._producer, self._handoff, topic, value, key, headers, partition)
+
+    def produce_now(self, topic: str, value: bytes, key: bytes | None, headers: Headers, partition: int | None,
+                    done: Callable[[Exception | None], None]) -> bool:
+        producer, handoff = self._producer, self._handoff
+        if producer is None or handoff is None:
+            return False
+        producer.produce(topic, value, key, headers, partition, lambda error: handoff.call(done, error))
+        return True
 
     def reply_handed(self, correlation_id: bytes) -> None:
         pass  # its record is done once Kafka acknowledged the reply (the call's task ends then)

@@ -33,6 +33,8 @@ from handlers.registry import Method
 log = logging.getLogger(__name__)
 
 Emit = Callable[[bytes], Awaitable[None]]
+#: Offered a call's final reply on its def handler's thread: it may hand it to Kafka at once.
+ReplyNow = Callable[[wire.Reply], None]
 T = TypeVar("T")
 _DONE = object()
 
@@ -68,12 +70,17 @@ class Dispatcher:
         requests: AsyncIterator[bytes] | None = None,
         emit: Emit | None = None,
         context: HandlerContext | None = None,
+        reply_now: ReplyNow | None = None,
     ) -> wire.Reply | None:
-        """The final reply to `request`, or None when its deadline passed before it could start."""
+        """The final reply to `request`, or None when its deadline passed before it could start.
+
+        `reply_now`, if given, is offered the reply of a def handler that returns a message, on
+        the handler's thread, as soon as it is built: the reply need not wait for the event loop
+        to wake up (`handlers.calls`). The reply returned is then the one it was offered."""
         context = context or HandlerContext(request, peer)
         with self.tracing.handling(request, peer) as span:  # current while the handler runs
             try:
-                reply = await self._handle(request, context, requests, emit, span)
+                reply = await self._handle(request, context, requests, emit, span, reply_now)
             except BaseException:
                 span.end(context.code() or grpc.StatusCode.CANCELLED)  # cancelled, or the process stops
                 raise
@@ -86,7 +93,7 @@ class Dispatcher:
         return reply
 
     async def _handle(self, request: wire.Request, context: HandlerContext, requests: AsyncIterator[bytes] | None,
-                      emit: Emit | None, span: CallSpan) -> wire.Reply | None:
+                      emit: Emit | None, span: CallSpan, reply_now: ReplyNow | None) -> wire.Reply | None:
         method = self.methods.get(request.method)
         if method is None:
             missing = request.method or "(no rpc-method header, and the topic carries several methods)"
@@ -115,7 +122,7 @@ class Dispatcher:
         started = time.perf_counter()
         code = grpc.StatusCode.CANCELLED  # unless _run returns
         try:
-            reply = await self._run(method, argument, context, emit, span, slot)
+            reply = await self._run(method, argument, context, emit, span, slot, reply_now)
             code = reply.code
         finally:
             if context.cancelled:  # `Calls.cancel` set why: caller gone, deadline passed, partition moved
@@ -148,7 +155,7 @@ class Dispatcher:
         return wire.Reply(correlation_id=request.correlation_id, code=code, message=message)
 
     async def _run(self, method: Method, argument: Any, context: HandlerContext, emit: Emit | None,
-                   span: CallSpan, slot: _Slot) -> wire.Reply:
+                   span: CallSpan, slot: _Slot, reply_now: ReplyNow | None) -> wire.Reply:
         loop = asyncio.get_running_loop()
         if not inspect.iscoroutinefunction(method.func) and not inspect.isasyncgenfunction(method.func) \
                 and isinstance(argument, _decoded):
@@ -159,6 +166,11 @@ class Dispatcher:
         try:
             if inspect.iscoroutinefunction(method.func) or inspect.isasyncgenfunction(method.func):
                 result = method.func(argument, context)
+            elif reply_now is not None and not method.server_streaming:
+                result = await slot.in_thread(self._threads, self._handoff(loop), variables.run, _call_and_reply,
+                                              method, argument, context, reply_now, span)
+                if isinstance(result, _Replied):
+                    return result.reply
             else:
                 result = await slot.in_thread(self._threads, self._handoff(loop), variables.run, method.func, argument,
                                               context)
@@ -246,6 +258,31 @@ class _Slot:
         except asyncio.CancelledError:
             thread.cancel()  # if it has not started yet
             raise
+
+
+class _Replied:
+    """The reply a def handler's thread built, and offered to `ReplyNow`."""
+
+    def __init__(self, reply: wire.Reply) -> None:
+        self.reply = reply
+
+
+def _call_and_reply(method: Method, argument: Any, context: HandlerContext, reply_now: ReplyNow,
+                    span: CallSpan) -> Any:
+    """On a def handler's thread: run it and, if it returned a message, build its reply and offer
+    it to `reply_now`. Anything else (None, an awaitable, a message that does not serialize, an
+    exception) goes back to the event loop as the handler's own result, to be answered there."""
+    result = method.func(argument, context)
+    if result is None or inspect.isawaitable(result):
+        return result
+    try:
+        payload = method.response_serializer(result)
+    except Exception:
+        return result  # the event loop serializes it again, and answers INTERNAL with the reason
+    reply = context.reply(payload)
+    span.end(reply.code, reply.message)  # before the reply leaves, as on the loop: the caller's span ends after
+    reply_now(reply)
+    return _Replied(reply)
 
 
 class _decoded:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -65,6 +66,10 @@ class ExactlyOnce:
                       partition: int | None = None) -> asyncio.Future[None]:
         assert self.txn is not None
         return await self.txn.send(topic, value, key, headers, partition)
+
+    def produce_now(self, topic: str, value: bytes, key: bytes | None, headers: Headers, partition: int | None,
+                    done: Callable[[Exception | None], None]) -> bool:
+        return False  # a reply joins the open transaction, which the event loop manages
 
     def reply_handed(self, correlation_id: bytes) -> None:
         # In the same step as the send: the commit that makes this reply visible also commits its

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -69,8 +69,21 @@ async def serve_in_memory(*targets: object, default_timeout: float = 5.0,
         if isinstance(record, wire.Frame):
             await asyncio.sleep(0)  # a stream's reader runs between messages, as with a broker
 
+    loop = asyncio.get_running_loop()
+
+    def send_now(request: wire.Request, reply: wire.Reply, key: bytes | None,
+                 done: Callable[[Exception | None], None]) -> bool:
+        # As a handler process does: a def handler's thread hands its reply over itself.
+        def deliver() -> None:
+            transport.reply(reply.encode_headers(), reply.payload)
+            done(None)
+
+        loop.call_soon_threadsafe(deliver)
+        return True
+
     # As a handler process has them: retries with the same idempotency key share one reply.
-    calls = Calls(dispatcher, send, replies=ReplyCache(WorkerConfig.dedupe_window, WorkerConfig.dedupe_entries))
+    calls = Calls(dispatcher, send, replies=ReplyCache(WorkerConfig.dedupe_window, WorkerConfig.dedupe_entries),
+                  send_now=send_now)
 
     async def serve(topic: str, key: bytes | None, value: bytes, headers: wire.Headers) -> ReplyRecord | None:
         # What handlers.worker does with each record, minus Kafka. Records are accepted in the

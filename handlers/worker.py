@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 from adapter.errors import MalformedRecord, TransactionAborted
 from adapter.kafka import Consumer, Record, open_engine
@@ -77,7 +78,8 @@ class Worker:
         self.calls = Calls(self.dispatcher, self._send,
                            replies=ReplyCache(config.dedupe_window, config.dedupe_entries, config.dedupe_bytes),
                            metrics=self.metrics,
-                           max_reading=config.max_client_streams or 4 * config.max_pending)
+                           max_reading=config.max_client_streams or 4 * config.max_pending,
+                           send_now=self._send_now)
         self.tracker = OffsetTracker()
         self.inflight = InFlight()
         self._engine = open_engine(config.kafka)
@@ -232,6 +234,19 @@ class Worker:
         await self._settle(window)
         if final:
             self.replied += 1
+
+    def _send_now(self, request: wire.Request, reply: wire.Reply, key: bytes | None,
+                  done: Callable[[Exception | None], None]) -> bool:
+        """From a def handler's thread: produce a unary or client-stream call's final reply at once."""
+        assert request.reply_topic is not None
+
+        def delivered(error: Exception | None) -> None:
+            if error is None:
+                self.replied += 1
+            done(error)
+
+        return self.policy.produce_now(request.reply_topic, reply.payload, key, reply.encode_headers(),
+                                       request.reply_partition, delivered)
 
     @staticmethod
     async def _settle(window: list[asyncio.Future[None]]) -> None:

@@ -71,7 +71,7 @@ class Record:
 
 
 class Producer(Protocol):
-    """Produces records; `produce` only enqueues them."""
+    """Produces records; `produce` only enqueues them, and is safe from any thread."""
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
                 partition: int | None = None, on_delivery: OnDelivery | None = None) -> None:

@@ -52,10 +52,13 @@ _SERVER_ERRORS = frozenset({
 class CallSpan:
     """One call's span; all no-ops when tracing is off. `end` is idempotent: the first outcome counts."""
 
-    __slots__ = ("_server", "_span", "metadata")
+    __slots__ = ("_server", "_span", "_unended", "metadata")
 
     def __init__(self, span: Any = None, metadata: wire.Metadata = (), server: bool = False) -> None:
         self._span = span
+        # A def handler's thread may end the span while the event loop does (a cancel): popping
+        # from a list is atomic, so exactly one of them ends it.
+        self._unended = [span] if span is not None else []
         self._server = server
         #: The metadata to send: the caller's, its trace context replaced by this span's.
         self.metadata = metadata
@@ -69,9 +72,12 @@ class CallSpan:
             self._span.record_exception(exc)
 
     def end(self, code: grpc.StatusCode, message: str = "") -> None:
-        span, self._span = self._span, None
-        if span is None:
+        """End the span with the call's outcome; safe from any thread."""
+        try:
+            span = self._unended.pop()
+        except IndexError:
             return
+        self._span = None
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK and (not self._server or code in _SERVER_ERRORS):
             span.set_status(Status(StatusCode.ERROR, f"{code.name}: {message}" if message else code.name))
