@@ -18,7 +18,8 @@ path. Steps:
     H fetched     the handler consumer's I/O thread got the FetchResponse with the request
     H polled      the consumer's poll returned the request (handler's consumer thread)
     H accepted    Worker._accept: the record reached the handler's event loop
-    H replying    Worker._send entered: the servicer ran, the reply is being produced
+    H replying    Worker._send entered: the servicer ran, the reply is being produced (a unary
+                  def servicer's thread produces its reply itself: no such step then)
     H produce     the handler producer's sender thread made the ProduceRequest (kafka-python),
                   or librdkafka's produce returned (confluent)
     F fetched     the reply consumer's I/O thread got the FetchResponse with the reply

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 #: Produce one reply record for `request` (to its reply topic and partition, with the request's key).
 Send = Callable[[wire.Request, wire.Reply | wire.Frame, bytes | None], Awaitable[None]]
-#: The same for a final reply, from any thread: True if it was handed to Kafka, whose answer
+#: The same for a unary call's reply, from any thread: True if it was handed to Kafka, whose answer
 #: (None: acknowledged) then goes to the callback, on the event loop. False: use `Send`.
 SendNow = Callable[[wire.Request, wire.Reply, bytes | None, Callable[[Exception | None], None]], bool]
 Partition = tuple[str, int]
@@ -121,7 +121,7 @@ class _Call:
 
 
 class _EarlyReply:
-    """Sends a call's final reply from its def handler's thread (`Dispatcher.handle`'s `reply_now`).
+    """Sends a unary call's reply from its def handler's thread (`Dispatcher.handle`'s `reply_now`).
 
     The reply goes to Kafka without waiting for the event loop to wake up and take the handler's
     result: that hop is a good part of a def handler's cost. What follows the send (the
@@ -359,8 +359,11 @@ class Calls:
             call.sent += 1
 
         reply = None
+        # Unary calls only: a stream can be aborted with a final reply of its own (`abort`) while
+        # its handler's thread sends one.
         early = _EarlyReply(call, self._send_now) \
-            if self._send_now is not None and request.reply_topic and not call.streams_out else None
+            if self._send_now is not None and request.reply_topic and not call.streams_out and call.requests is None \
+            else None
         try:
             reply = await self.dispatcher.handle(request, call.context.peer(), requests=call.requests, emit=emit,
                                                  context=call.context, reply_now=early)

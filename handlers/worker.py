@@ -237,7 +237,7 @@ class Worker:
 
     def _send_now(self, request: wire.Request, reply: wire.Reply, key: bytes | None,
                   done: Callable[[Exception | None], None]) -> bool:
-        """From a def handler's thread: produce a unary or client-stream call's final reply at once."""
+        """From a def handler's thread: produce a unary call's reply at once."""
         assert request.reply_topic is not None
 
         def delivered(error: Exception | None) -> None:
