@@ -135,14 +135,19 @@ class _EarlyReply:
         self.delivered: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
 
     def __call__(self, reply: wire.Reply) -> None:
+        # Cancelled meanwhile: no reply. A cancel just after this check lets the reply go, as if
+        # it came first; no lock: kafka-python's produce may block.
         if self._call.ended:
-            return  # cancelled meanwhile: no reply (a cancel just after this check sends it, as if it came first)
+            return
         try:
             self.sent = self._send_now(self._call.request, reply, self._call.key, self._settle)
-        except Exception as exc:
+        except TransportError as exc:
             # Refused at once (too large, producer closed...): the event loop sends it again,
             # and that path tells the caller or dead-letters the request.
             log.debug("call %s: its reply goes through the event loop: %s", reply.correlation_id.hex(), exc)
+        except Exception:
+            log.warning("call %s: sending its reply from the handler's thread failed; the event loop sends it",
+                        reply.correlation_id.hex(), exc_info=True)
 
     def _settle(self, error: Exception | None) -> None:
         if not self.delivered.done():
@@ -359,6 +364,7 @@ class Calls:
             call.sent += 1
 
         reply = None
+        refused = False
         # Unary calls only: a stream can be aborted with a final reply of its own (`abort`) while
         # its handler's thread sends one.
         early = _EarlyReply(call, self._send_now) \
@@ -369,12 +375,16 @@ class Calls:
                                                  context=call.context, reply_now=early)
             if reply is not None and request.reply_topic and not call.ended:
                 call.ended = True
-                if early is not None and early.sent:
-                    error = await early.delivered
-                    if error is not None:
-                        raise error
-                else:
-                    await self._send(request, reply, call.key)
+                try:
+                    if early is not None and early.sent:
+                        error = await early.delivered
+                        if error is not None:
+                            raise error
+                    else:
+                        await self._send(request, reply, call.key)
+                except Exception:
+                    refused = True  # a retry must not replay a reply Kafka refused: it runs again
+                    raise
         except asyncio.CancelledError:
             if not call.ended:
                 raise  # not our cancel: shutdown
@@ -384,7 +394,8 @@ class Calls:
             self._done_reading(call)
             dedupe = self._dedupe_key(request)
             if dedupe is not None and self.replies is not None:
-                self.replies.finish(dedupe, reply if reply is not None and not call.context.cancelled else None)
+                kept = reply is not None and not refused and not call.context.cancelled
+                self.replies.finish(dedupe, reply if kept else None)
             if call.timer is not None:
                 call.timer.cancel()
             self._calls.pop(request.correlation_id, None)

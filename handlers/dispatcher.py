@@ -74,8 +74,8 @@ class Dispatcher:
     ) -> wire.Reply | None:
         """The final reply to `request`, or None when its deadline passed before it could start.
 
-        `reply_now`, if given, is offered the reply of a def handler that returns a message, on
-        the handler's thread, as soon as it is built: the reply need not wait for the event loop
+        `reply_now`, if given, is offered the reply of a unary def handler that returns a message,
+        on the handler's thread, as soon as it is built: the reply need not wait for the event loop
         to wake up (`handlers.calls`). The reply returned is then the one it was offered."""
         context = context or HandlerContext(request, peer)
         with self.tracing.handling(request, peer) as span:  # current while the handler runs
@@ -166,7 +166,7 @@ class Dispatcher:
         try:
             if inspect.iscoroutinefunction(method.func) or inspect.isasyncgenfunction(method.func):
                 result = method.func(argument, context)
-            elif reply_now is not None and not method.server_streaming:
+            elif reply_now is not None and not method.server_streaming and not method.client_streaming:
                 result = await slot.in_thread(self._threads, self._handoff(loop), variables.run, _call_and_reply,
                                               method, argument, context, reply_now, span)
                 if isinstance(result, _Replied):

@@ -75,8 +75,12 @@ async def serve_in_memory(*targets: object, default_timeout: float = 5.0,
                  done: Callable[[Exception | None], None]) -> bool:
         # As a handler process does: a def handler's thread hands its reply over itself.
         def deliver() -> None:
-            transport.reply(reply.encode_headers(), reply.payload)
-            done(None)
+            try:
+                transport.reply(reply.encode_headers(), reply.payload)
+            except Exception as exc:
+                done(exc)  # fails the call, as the loop's `send` would
+            else:
+                done(None)
 
         loop.call_soon_threadsafe(deliver)
         return True

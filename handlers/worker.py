@@ -79,7 +79,7 @@ class Worker:
                            replies=ReplyCache(config.dedupe_window, config.dedupe_entries, config.dedupe_bytes),
                            metrics=self.metrics,
                            max_reading=config.max_client_streams or 4 * config.max_pending,
-                           send_now=self._send_now)
+                           send_now=None if config.exactly_once else self._send_now)
         self.tracker = OffsetTracker()
         self.inflight = InFlight()
         self._engine = open_engine(config.kafka)

@@ -8,6 +8,7 @@ a cancelled call) must still be answered through the event loop, as before.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from adapter.errors import TransportError
 from adapter.protocol import wire
 from adapter.runtime.metrics import HandlerMetrics
 from handlers.calls import Calls
+from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
 from handlers.registry import collect
 from tests.kitchen_service import Kitchen
@@ -39,9 +41,9 @@ def _request(method: str, message: Any) -> wire.Request:
 class Kafka:
     """Stands in for the producer: records what went through which path, from which thread."""
 
-    def __init__(self, refuse_at_once: bool = False, error: Exception | None = None) -> None:
+    def __init__(self, refuse_at_once: bool = False, error: Exception | None = None, errors: int = 1000) -> None:
         self.loop = asyncio.get_running_loop()
-        self.refuse_at_once, self.error = refuse_at_once, error
+        self.refuse_at_once, self.error, self.errors = refuse_at_once, error, errors
         self.sent: list[tuple[str, wire.Reply | wire.Frame, str]] = []
         self.pending: list[Done] = []
         self.acknowledge = True
@@ -54,7 +56,8 @@ class Kafka:
             raise TransportError("producing to replies: the local send queue is full")
         self.sent.append(("now", reply, threading.current_thread().name))
         if self.acknowledge:
-            self.loop.call_soon_threadsafe(done, self.error)
+            self.errors -= 1
+            self.loop.call_soon_threadsafe(done, self.error if self.errors >= 0 else None)
         else:
             self.pending.append(done)
         return True
@@ -182,10 +185,59 @@ def test_a_def_server_stream_goes_through_the_loop() -> None:
     assert isinstance(sent[-1][1], wire.Reply) and sent[-1][1].code == grpc.StatusCode.OK
 
 
+def test_a_retry_of_a_call_whose_reply_kafka_refused_runs_again() -> None:
+    async def run() -> tuple[Kafka, list[BaseException | None]]:
+        kafka = Kafka(error=TransportError("MSG_SIZE_TOO_LARGE"), errors=1)  # the first reply only
+        dispatcher = Dispatcher(collect([Kitchen])[0], 4, HandlerMetrics(CollectorRegistry()))
+        calls = Calls(dispatcher, kafka.send, send_now=kafka.send_now, replies=ReplyCache(60, 100))
+        outcomes: list[BaseException | None] = []
+        try:
+            for _ in range(2):
+                request = dataclasses.replace(_request("Echo", ECHO), idempotency_key=b"k1")
+                work = calls.accept(request, peer="memory")
+                assert work is not None
+                outcomes.append((await asyncio.gather(work, return_exceptions=True))[0])
+        finally:
+            dispatcher.close()
+        return kafka, outcomes
+
+    kafka, outcomes = asyncio.run(run())
+    assert isinstance(outcomes[0], TransportError) and outcomes[1] is None, outcomes
+    # The retry ran the handler again (its thread sent the reply), rather than replaying the refused one.
+    assert [path for path, _, _ in kafka.sent] == ["now", "now"], kafka.sent
+
+
+class Blocking(Kitchen):
+    """Whoami waits until the test lets it return."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def Whoami(self, request, context):  # type: ignore[no-untyped-def]
+        self.started.set()
+        self.release.wait(5)
+        return kitchen_pb2.WhoamiReply(pid=1)
+
+
 def test_a_call_cancelled_while_its_def_handler_runs_sends_nothing() -> None:
     async def run() -> Kafka:
         kafka = Kafka()
-        await _serve(kafka, _request("Whoami", empty_pb2.Empty()), cancel_after=0.001)  # it sleeps 5 ms
+        servicer = Blocking()
+        dispatcher = Dispatcher(collect([servicer])[0], 4, HandlerMetrics(CollectorRegistry()))
+        calls = Calls(dispatcher, kafka.send, send_now=kafka.send_now)
+        request = _request("Whoami", empty_pb2.Empty())
+        try:
+            work = calls.accept(request, peer="memory")
+            assert work is not None
+            assert await asyncio.to_thread(servicer.started.wait, 5)
+            calls.cancel(request.correlation_id)
+            servicer.release.set()
+            await work
+        finally:
+            dispatcher.close()
+        # The handler's thread returns after the call ended: wait for it, and for what it sends.
+        await asyncio.to_thread(dispatcher._threads.shutdown, True)
+        await asyncio.sleep(0.05)
         return kafka
 
     assert asyncio.run(run()).sent == []

@@ -64,12 +64,14 @@ class CallSpan:
         self.metadata = metadata
 
     def set_correlation_id(self, correlation_id: bytes) -> None:
-        if self._span is not None:
-            self._span.set_attribute("messaging.message.conversation_id", correlation_id.hex())
+        span = self._span  # read once: another thread may end it
+        if span is not None:
+            span.set_attribute("messaging.message.conversation_id", correlation_id.hex())
 
     def record_exception(self, exc: BaseException) -> None:
-        if self._span is not None:
-            self._span.record_exception(exc)
+        span = self._span
+        if span is not None:
+            span.record_exception(exc)
 
     def end(self, code: grpc.StatusCode, message: str = "") -> None:
         """End the span with the call's outcome; safe from any thread."""
