@@ -367,9 +367,10 @@ class Calls:
         refused = False
         # Unary calls only: a stream can be aborted with a final reply of its own (`abort`) while
         # its handler's thread sends one.
+        method = self.dispatcher.methods.get(request.method)
         early = _EarlyReply(call, self._send_now) \
-            if self._send_now is not None and request.reply_topic and not call.streams_out and call.requests is None \
-            else None
+            if self._send_now is not None and request.reply_topic and method is not None and method.blocking \
+            and not call.streams_out and call.requests is None else None
         try:
             reply = await self.dispatcher.handle(request, call.context.peer(), requests=call.requests, emit=emit,
                                                  context=call.context, reply_now=early)

@@ -157,14 +157,13 @@ class Dispatcher:
     async def _run(self, method: Method, argument: Any, context: HandlerContext, emit: Emit | None,
                    span: CallSpan, slot: _Slot, reply_now: ReplyNow | None) -> wire.Reply:
         loop = asyncio.get_running_loop()
-        if not inspect.iscoroutinefunction(method.func) and not inspect.isasyncgenfunction(method.func) \
-                and isinstance(argument, _decoded):
+        if method.blocking and isinstance(argument, _decoded):
             argument = argument.blocking(loop)  # a sync handler iterates its requests on its own thread
         # A def handler and its generator run on threads, in one copy of this task's context
         # variables: the handler span is current there too, and their own spans nest.
         variables = contextvars.copy_context()
         try:
-            if inspect.iscoroutinefunction(method.func) or inspect.isasyncgenfunction(method.func):
+            if not method.blocking:
                 result = method.func(argument, context)
             elif reply_now is not None and not method.server_streaming and not method.client_streaming:
                 result = await slot.in_thread(self._threads, self._handoff(loop), variables.run, _call_and_reply,

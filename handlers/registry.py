@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
@@ -38,6 +38,12 @@ class Method:
     response_serializer: Callable[[Any], bytes]
     client_streaming: bool = False
     server_streaming: bool = False
+    #: A plain ``def`` (or generator): it runs on the dispatcher's thread pool.
+    blocking: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocking", not inspect.iscoroutinefunction(self.func)
+                           and not inspect.isasyncgenfunction(self.func))
 
 
 class ServiceRegistry:
