@@ -52,25 +52,22 @@ _SERVER_ERRORS = frozenset({
 class CallSpan:
     """One call's span; all no-ops when tracing is off. `end` is idempotent: the first outcome counts."""
 
-    __slots__ = ("_server", "_span", "_unended", "metadata")
+    __slots__ = ("_server", "_unended", "metadata")
 
     def __init__(self, span: Any = None, metadata: wire.Metadata = (), server: bool = False) -> None:
-        self._span = span
-        # A def handler's thread may end the span while the event loop does (a cancel): popping
-        # from a list is atomic, so exactly one of them ends it.
+        # The span until it ends. A def handler's thread may end it while the event loop does (a
+        # cancel): popping from a list, or slicing it, is atomic, so exactly one of them ends it.
         self._unended = [span] if span is not None else []
         self._server = server
         #: The metadata to send: the caller's, its trace context replaced by this span's.
         self.metadata = metadata
 
     def set_correlation_id(self, correlation_id: bytes) -> None:
-        span = self._span  # read once: another thread may end it
-        if span is not None:
+        for span in self._unended[:1]:
             span.set_attribute("messaging.message.conversation_id", correlation_id.hex())
 
     def record_exception(self, exc: BaseException) -> None:
-        span = self._span
-        if span is not None:
+        for span in self._unended[:1]:
             span.record_exception(exc)
 
     def end(self, code: grpc.StatusCode, message: str = "") -> None:
@@ -79,7 +76,6 @@ class CallSpan:
             span = self._unended.pop()
         except IndexError:
             return
-        self._span = None
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code is not grpc.StatusCode.OK and (not self._server or code in _SERVER_ERRORS):
             span.set_status(Status(StatusCode.ERROR, f"{code.name}: {message}" if message else code.name))
