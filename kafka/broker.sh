@@ -482,8 +482,9 @@ format_storage() {
         [[ -n "$cluster_id" ]] || die "$STORAGE_TOOL_MAIN random-uuid printed nothing"
         echo "$cluster_id" >"$STATE_DIR/cluster.id"
     fi
+    # --cluster-id=ID: an id of the user's that starts with '-' is still a value, not an option.
     if ! "$JAVA" "${tool_opts[@]}" "$STORAGE_TOOL_MAIN" format --ignore-formatted \
-            -t "$cluster_id" -c "$PROPS" ${scram[@]+"${scram[@]}"} >"$STATE_DIR/format.log" 2>&1; then
+            --cluster-id="$cluster_id" -c "$PROPS" ${scram[@]+"${scram[@]}"} >"$STATE_DIR/format.log" 2>&1; then
         if [[ -n "$SASL_PORT" ]]; then
             sed -i "s/$SCRAM_PASSWORD/***/g" "$STATE_DIR/format.log"
         fi

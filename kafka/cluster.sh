@@ -122,15 +122,28 @@ broker.heartbeat.interval.ms=$((SESSION_MS / 6 > 0 ? SESSION_MS / 6 : 1))
 EOF
 }
 
-# cluster_id: made once per state dir (a random 16-byte id in Kafka's base64url form).
+# cluster_id: made once per state dir.
 cluster_id() {
     local file="$STATE_DIR/cluster.id"
     if [[ ! -s "$file" ]]; then
         mkdir -p "$STATE_DIR"
-        head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$file.tmp"
+        new_cluster_id >"$file.tmp"
         mv "$file.tmp" "$file"
     fi
     cat "$file"
+}
+
+# new_cluster_id: a random 16-byte id in Kafka's base64url form. Like Kafka's Uuid.randomUuid,
+# never one that starts with '-': command-line tools would take it for an option.
+new_cluster_id() {
+    local id
+    while :; do
+        id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        if [[ "$id" != -* ]]; then
+            echo "$id"
+            return
+        fi
+    done
 }
 
 take_lock() {
@@ -273,4 +286,7 @@ main() {
     esac
 }
 
-main "$@"
+# Sourced (by tests), define the functions only.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.engines]
 
 @pytest.fixture
 def broker(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Broker]:
-    broker = Broker(tmp_path / "kafka")
+    # An id of the user's that starts with '-' (Kafka never makes one) must still format.
+    broker = Broker(tmp_path / "kafka", KAFKA_CLUSTER_ID="-AbCdEfGhIjKlMnOpQrStU")
     broker.up()
     yield broker
     broker.down()
