@@ -57,9 +57,10 @@ run: proto kafka-up
 	@bash scripts/run-local.sh
 
 # The whole suite on the default engine (confluent), then the tests marked `engines` on kafka-python.
+# Each run ends with its slowest tests, to keep the suite's time in view.
 test: proto tools kafka-up
-	$(BIN)/pytest $(PYTEST_ARGS)
-	KAFKA_RPC_KAFKA_CLIENT=kafka-python $(BIN)/pytest -m engines $(PYTEST_ARGS)
+	$(BIN)/pytest --durations=15 $(PYTEST_ARGS)
+	KAFKA_RPC_KAFKA_CLIENT=kafka-python $(BIN)/pytest -m engines --durations=15 $(PYTEST_ARGS)
 
 check: install
 	$(BIN)/ruff check .
