@@ -364,7 +364,6 @@ class Calls:
             call.sent += 1
 
         reply = None
-        refused = False
         # Unary calls only: a stream can be aborted with a final reply of its own (`abort`) while
         # its handler's thread sends one.
         method = self.dispatcher.methods.get(request.method)
@@ -376,16 +375,12 @@ class Calls:
                                                  context=call.context, reply_now=early)
             if reply is not None and request.reply_topic and not call.ended:
                 call.ended = True
-                try:
-                    if early is not None and early.sent:
-                        error = await early.delivered
-                        if error is not None:
-                            raise error
-                    else:
-                        await self._send(request, reply, call.key)
-                except Exception:
-                    refused = True  # a retry must not replay a reply Kafka refused: it runs again
-                    raise
+                if early is not None and early.sent:
+                    error = await early.delivered
+                    if error is not None:
+                        raise error
+                else:
+                    await self._send(request, reply, call.key)
         except asyncio.CancelledError:
             if not call.ended:
                 raise  # not our cancel: shutdown
@@ -395,7 +390,10 @@ class Calls:
             self._done_reading(call)
             dedupe = self._dedupe_key(request)
             if dedupe is not None and self.replies is not None:
-                kept = reply is not None and not refused and not call.context.cancelled
+                # Kept even if Kafka refused it: the handler ran, and a retry must not run it
+                # again. The retry sends this reply anew (and gets the same refusal, or, if
+                # the refusal was passing, the reply).
+                kept = reply is not None and not call.context.cancelled
                 self.replies.finish(dedupe, reply if kept else None)
             if call.timer is not None:
                 call.timer.cancel()

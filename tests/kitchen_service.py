@@ -79,6 +79,7 @@ class Kitchen(kitchen_pb2_grpc.KitchenServicer):
         threading.Event().wait()  # a def handler stuck for good (a lost lock, a call with no timeout)
 
     def Grow(self, request, context):
+        _event(f"grew {request.n} {os.getpid()}")
         return kitchen_pb2.Item(i=request.n, data=b"x" * request.size)
 
     def Tally(self, request, context):

@@ -185,26 +185,33 @@ def test_a_def_server_stream_goes_through_the_loop() -> None:
     assert isinstance(sent[-1][1], wire.Reply) and sent[-1][1].code == grpc.StatusCode.OK
 
 
-def test_a_retry_of_a_call_whose_reply_kafka_refused_runs_again() -> None:
-    async def run() -> tuple[Kafka, list[BaseException | None]]:
-        kafka = Kafka(error=TransportError("MSG_SIZE_TOO_LARGE"), errors=1)  # the first reply only
+def test_a_retry_of_a_call_whose_reply_kafka_refused_gets_that_reply_without_running_again() -> None:
+    async def run() -> tuple[Kafka, list[BaseException | None], list[bytes]]:
+        kafka = Kafka(error=TransportError("REQUEST_TIMED_OUT"), errors=1)  # the first reply only
         dispatcher = Dispatcher(collect([Kitchen])[0], 4, HandlerMetrics(CollectorRegistry()))
         calls = Calls(dispatcher, kafka.send, send_now=kafka.send_now, replies=ReplyCache(60, 100))
         outcomes: list[BaseException | None] = []
+        ids = []
         try:
             for _ in range(2):
                 request = dataclasses.replace(_request("Echo", ECHO), idempotency_key=b"k1")
+                ids.append(request.correlation_id)
                 work = calls.accept(request, peer="memory")
                 assert work is not None
                 outcomes.append((await asyncio.gather(work, return_exceptions=True))[0])
         finally:
             dispatcher.close()
-        return kafka, outcomes
+        return kafka, outcomes, ids
 
-    kafka, outcomes = asyncio.run(run())
+    kafka, outcomes, ids = asyncio.run(run())
     assert isinstance(outcomes[0], TransportError) and outcomes[1] is None, outcomes
-    # The retry ran the handler again (its thread sent the reply), rather than replaying the refused one.
-    assert [path for path, _, _ in kafka.sent] == ["now", "now"], kafka.sent
+    # The handler ran once (its thread sent the first reply); the retry got that reply again,
+    # under its own correlation id, from the kept replies: the handler's work is not done twice.
+    assert [path for path, _, _ in kafka.sent] == ["now", "loop"], kafka.sent
+    first, again = kafka.sent[0][1], kafka.sent[1][1]
+    assert isinstance(first, wire.Reply) and isinstance(again, wire.Reply)
+    assert (first.correlation_id, again.correlation_id) == (ids[0], ids[1])
+    assert again.payload == first.payload and kitchen_pb2.Everything.FromString(again.payload) == ECHO
 
 
 class Blocking(Kitchen):
