@@ -100,3 +100,32 @@ def test_a_reply_too_large_for_kafka_ends_the_call_with_an_error(kafka_bootstrap
     finally:
         worker.stop()
         front.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_retry_of_a_call_whose_reply_kafka_refused_does_not_run_again(kafka_bootstrap: str, prefix: str,
+                                                                         tmp_path: Path, mode: str) -> None:
+    """The handler ran; only its reply could not be written. A retry with the same key gets the
+    same answer from the kept reply, and the handler's work is not done twice."""
+    events = tmp_path / "events"
+    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, *_mode(mode, prefix),
+                           env={"KITCHEN_EVENTS": str(events)}, targets=KITCHEN)
+    front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
+    try:
+        with grpc.insecure_channel(address) as channel:
+            kitchen = kitchen_pb2_grpc.KitchenStub(channel)
+            key = (("idempotency-key", f"k-{prefix}"),)
+            too_big = kitchen_pb2.Count(n=1, size=6 * 1024 * 1024)  # records stop at 4 MiB and a little
+            for _ in range(2):
+                with pytest.raises(grpc.RpcError) as failed:
+                    kitchen.Grow(too_big, metadata=key, timeout=30)
+                assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, failed.value
+            # The same key with a reply that fits: still the first call's answer, not a run.
+            with pytest.raises(grpc.RpcError) as reused:
+                kitchen.Grow(kitchen_pb2.Count(n=2, size=10), metadata=key, timeout=30)
+            assert reused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, reused.value
+            assert kitchen.Grow(kitchen_pb2.Count(n=3, size=10), timeout=30).data == b"x" * 10
+        assert [line.split()[:2] for line in procs.events(events)] == [["grew", "1"], ["grew", "3"]]
+    finally:
+        front.stop()
+        worker.stop()
