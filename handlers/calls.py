@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from adapter.errors import TransactionAborted, TransportError
+from adapter.errors import RecordRefused, TransactionAborted, TransportError
 from adapter.protocol import wire
 from adapter.runtime.logs import call_fields, peer_location
 from adapter.runtime.metrics import DEADLINE_SLACK, HandlerMetrics
@@ -226,7 +226,15 @@ class Calls:
             self.reading += 1
         self._calls[record.correlation_id] = call
         call.task = asyncio.get_running_loop().create_task(self._serve(call))
+        call.task.add_done_callback(lambda _: self._never_ran(call))
         return call.task
+
+    def _never_ran(self, call: _Call) -> None:
+        # A task cancelled before its first step (a CANCEL frame in the same batch as the call,
+        # a rewind) runs no `finally`: without this its call would stay open for good, and
+        # retries with its idempotency key would wait for it for ever.
+        if self._calls.get(call.request.correlation_id) is call:
+            self._end(call, None)
 
     def _dedupe_key(self, record: wire.Request) -> tuple[str, str, bytes] | None:
         method = self.dispatcher.methods.get(record.method)
@@ -375,29 +383,39 @@ class Calls:
                                                  context=call.context, reply_now=early)
             if reply is not None and request.reply_topic and not call.ended:
                 call.ended = True
-                if early is not None and early.sent:
-                    error = await early.delivered
-                    if error is not None:
-                        raise error
-                else:
-                    await self._send(request, reply, call.key)
+                try:
+                    if early is not None and early.sent:
+                        error = await early.delivered
+                        if error is not None:
+                            raise error
+                    else:
+                        await self._send(request, reply, call.key)
+                except RecordRefused as exc:
+                    # Refused for what it is (too large, say): retries with the call's
+                    # idempotency key get the status its caller is told, not a reply that
+                    # cannot be sent (and would hold the dedupe cache's bytes for nothing).
+                    code, reason = refused_status(exc)
+                    reply = wire.Reply(request.correlation_id, code=code, message=reason)
+                    raise
         except asyncio.CancelledError:
             if not call.ended:
                 raise  # not our cancel: shutdown
             call.context.run_callbacks()
         finally:
-            call.ended = True
-            self._done_reading(call)
-            dedupe = self._dedupe_key(request)
-            if dedupe is not None and self.replies is not None:
-                # Kept even if Kafka refused it: the handler ran, and a retry must not run it
-                # again. The retry sends this reply anew (and gets the same refusal, or, if
-                # the refusal was passing, the reply).
-                kept = reply is not None and not call.context.cancelled
-                self.replies.finish(dedupe, reply if kept else None)
-            if call.timer is not None:
-                call.timer.cancel()
-            self._calls.pop(request.correlation_id, None)
+            # The handler ran: its reply is kept for retries even if Kafka refused it (a passing
+            # refusal: sent anew to a retry), so that a retry does not run it again.
+            self._end(call, reply if reply is not None and not call.context.cancelled else None)
+
+    def _end(self, call: _Call, kept: wire.Reply | None) -> None:
+        """The call is over; `kept`: its reply, for retries with its idempotency key (None: they run)."""
+        call.ended = True
+        self._done_reading(call)
+        dedupe = self._dedupe_key(call.request)
+        if dedupe is not None and self.replies is not None:
+            self.replies.finish(dedupe, kept)
+        if call.timer is not None:
+            call.timer.cancel()
+        self._calls.pop(call.request.correlation_id, None)
 
     def _done_reading(self, call: _Call) -> None:
         if call.reading:
