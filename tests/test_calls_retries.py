@@ -8,8 +8,9 @@ import dataclasses
 
 import grpc
 from prometheus_client import CollectorRegistry
+from rpctest.v1 import kitchen_pb2
 
-from adapter.errors import RecordRefused
+from adapter.errors import RecordRefused, TransportError
 from adapter.protocol import wire
 from adapter.runtime.metrics import HandlerMetrics
 from handlers.calls import Calls
@@ -29,22 +30,43 @@ def _keyed() -> wire.Request:
     return dataclasses.replace(_request("Echo", ECHO), idempotency_key=b"k1")
 
 
-def test_a_reply_refused_for_what_it_is_leaves_its_status_for_retries() -> None:
-    async def run() -> tuple[Kafka, list[BaseException | None], ReplyCache]:
-        kafka = Kafka(error=RecordRefused("producing to replies: MSG_SIZE_TOO_LARGE"), errors=1)
-        replies = ReplyCache(60, 100)
+def _twice(error: Exception, replies: ReplyCache) -> tuple[Kafka, list[bytes], list[BaseException | None]]:
+    """Serve the same keyed call twice, one after the other, Kafka failing the first reply with
+    `error`: the stand-in producer, the correlation ids and the outcomes."""
+    async def run() -> tuple[Kafka, list[bytes], list[BaseException | None]]:
+        kafka = Kafka(error=error, errors=1)
         calls, dispatcher = _calls(kafka, replies)
+        ids: list[bytes] = []
         outcomes: list[BaseException | None] = []
         try:
             for _ in range(2):
-                work = calls.accept(_keyed(), peer="memory")
+                request = _keyed()
+                ids.append(request.correlation_id)
+                work = calls.accept(request, peer="memory")
                 assert work is not None
                 outcomes.append((await asyncio.gather(work, return_exceptions=True))[0])
         finally:
             dispatcher.close()
-        return kafka, outcomes, replies
+        return kafka, ids, outcomes
 
-    kafka, outcomes, replies = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_retry_of_a_call_whose_reply_was_refused_in_passing_gets_that_reply() -> None:
+    kafka, ids, outcomes = _twice(TransportError("REQUEST_TIMED_OUT"), ReplyCache(60, 100))
+    assert isinstance(outcomes[0], TransportError) and outcomes[1] is None, outcomes
+    # The handler ran once (its thread sent the first reply); the retry got that reply again,
+    # under its own correlation id, from the kept replies: the handler's work is not done twice.
+    assert [path for path, _, _ in kafka.sent] == ["now", "loop"], kafka.sent
+    first, again = kafka.sent[0][1], kafka.sent[1][1]
+    assert isinstance(first, wire.Reply) and isinstance(again, wire.Reply)
+    assert (first.correlation_id, again.correlation_id) == (ids[0], ids[1])
+    assert again.payload == first.payload and kitchen_pb2.Everything.FromString(again.payload) == ECHO
+
+
+def test_a_reply_refused_for_what_it_is_leaves_its_status_for_retries() -> None:
+    replies = ReplyCache(60, 100)
+    kafka, _, outcomes = _twice(RecordRefused("producing to replies: MSG_SIZE_TOO_LARGE"), replies)
     assert isinstance(outcomes[0], RecordRefused) and outcomes[1] is None, outcomes
     # The handler ran once; its retry was sent the status its caller is told (the worker's
     # refusal path), not the reply Kafka cannot take, and the cache holds no payload.

@@ -8,7 +8,6 @@ a cancelled call) must still be answered through the event loop, as before.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +22,6 @@ from adapter.errors import TransportError
 from adapter.protocol import wire
 from adapter.runtime.metrics import HandlerMetrics
 from handlers.calls import Calls
-from handlers.dedupe import ReplyCache
 from handlers.dispatcher import Dispatcher
 from handlers.registry import collect
 from tests.kitchen_service import Kitchen
@@ -183,35 +181,6 @@ def test_a_def_server_stream_goes_through_the_loop() -> None:
     sent = asyncio.run(run()).sent
     assert [path for path, _, _ in sent] == ["loop"] * 4, sent
     assert isinstance(sent[-1][1], wire.Reply) and sent[-1][1].code == grpc.StatusCode.OK
-
-
-def test_a_retry_of_a_call_whose_reply_kafka_refused_gets_that_reply_without_running_again() -> None:
-    async def run() -> tuple[Kafka, list[BaseException | None], list[bytes]]:
-        kafka = Kafka(error=TransportError("REQUEST_TIMED_OUT"), errors=1)  # the first reply only
-        dispatcher = Dispatcher(collect([Kitchen])[0], 4, HandlerMetrics(CollectorRegistry()))
-        calls = Calls(dispatcher, kafka.send, send_now=kafka.send_now, replies=ReplyCache(60, 100))
-        outcomes: list[BaseException | None] = []
-        ids = []
-        try:
-            for _ in range(2):
-                request = dataclasses.replace(_request("Echo", ECHO), idempotency_key=b"k1")
-                ids.append(request.correlation_id)
-                work = calls.accept(request, peer="memory")
-                assert work is not None
-                outcomes.append((await asyncio.gather(work, return_exceptions=True))[0])
-        finally:
-            dispatcher.close()
-        return kafka, outcomes, ids
-
-    kafka, outcomes, ids = asyncio.run(run())
-    assert isinstance(outcomes[0], TransportError) and outcomes[1] is None, outcomes
-    # The handler ran once (its thread sent the first reply); the retry got that reply again,
-    # under its own correlation id, from the kept replies: the handler's work is not done twice.
-    assert [path for path, _, _ in kafka.sent] == ["now", "loop"], kafka.sent
-    first, again = kafka.sent[0][1], kafka.sent[1][1]
-    assert isinstance(first, wire.Reply) and isinstance(again, wire.Reply)
-    assert (first.correlation_id, again.correlation_id) == (ids[0], ids[1])
-    assert again.payload == first.payload and kitchen_pb2.Everything.FromString(again.payload) == ECHO
 
 
 class Blocking(Kitchen):
