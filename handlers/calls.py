@@ -274,9 +274,16 @@ class Calls:
             call.task.cancel()
 
     async def abort(self, partitions: set[Partition], code: grpc.StatusCode, message: str) -> None:
-        """End the calls that came from `partitions` with a status (their partition moved away)."""
-        doomed = [c for c in self._calls.values()
-                  if c.partition in partitions and not c.ended and (c.requests is not None or c.streams_out)]
+        """End the streams that came from `partitions` with a status (their partition moved away)."""
+        await self._abort([c for c in self._calls.values()
+                           if c.partition in partitions and not c.ended and (c.requests is not None or c.streams_out)],
+                          code, message)
+
+    async def abort_reading(self, code: grpc.StatusCode, message: str) -> None:
+        """End the streams still waiting for request messages with a status (none will be fetched)."""
+        await self._abort([c for c in self._calls.values() if c.reading and not c.ended], code, message)
+
+    async def _abort(self, doomed: list[_Call], code: grpc.StatusCode, message: str) -> None:
         for call in doomed:
             if call.ended:
                 # It finished, and replied, while the calls before it were being aborted (each

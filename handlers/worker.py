@@ -26,6 +26,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import grpc
+
 from adapter.errors import MalformedRecord, TransactionAborted
 from adapter.kafka import Consumer, Record, open_engine
 from adapter.kafka.handoff import Handoff
@@ -48,6 +50,9 @@ from handlers.rebalance import Rebalance
 from handlers.registry import Method
 
 log = logging.getLogger(__name__)
+
+#: The status of client streams still reading when their handler process stops.
+STOPPING = "the handler process is stopping; its client streams get no more request messages"
 
 #: Stream messages produced before waiting for Kafka's acknowledgements.
 STREAM_WINDOW = 64
@@ -277,6 +282,9 @@ class Worker:
         self.inflight.generation += 1  # batches fetched but not taken yet go to the partitions' next owner
         if self._fetcher is not None:
             self._fetcher.set_polling(False)
+        # Nothing more is fetched: a stream waiting for request messages would wait out the
+        # drain, and hold its partition, for messages it can never get. Its caller may retry.
+        await self.calls.abort_reading(grpc.StatusCode.UNAVAILABLE, STOPPING)
         if self.inflight.tasks:
             log.info("finishing %d calls in progress", len(self.inflight.tasks))
             await asyncio.wait(self.inflight.tasks, timeout=self.config.drain_timeout)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -76,6 +78,44 @@ def test_sigterm_on_a_handler_finishes_replies_and_commits(kafka_bootstrap: str,
             consumer.close()
             admin.close()
     finally:
+        worker.stop()
+        front.stop()
+
+
+@pytest.mark.parametrize(("method", "mode"), [("SyncChat", ()), ("Chat", ("--exactly-once",))])
+def test_sigterm_on_a_handler_ends_client_streams_still_reading(kafka_bootstrap: str, prefix: str, tmp_path: Path,
+                                                                 method: str, mode: tuple[str, ...]) -> None:
+    """A draining handler fetches nothing more, so a stream waiting for request messages would
+    wait out the drain (holding its partition) for messages it can never get: it ends at once,
+    UNAVAILABLE, while a server stream and a unary call in flight finish."""
+    front, address = procs.frontend(tmp_path / "f.log", kafka_bootstrap, prefix)
+    mode = (*mode, "--transactional-id", f"{prefix}h") if mode else ()
+    worker = procs.handler(tmp_path / "h.log", kafka_bootstrap, prefix, "--drain-timeout", "120", *mode,
+                           targets=KITCHEN)
+    release = threading.Event()
+
+    def requests() -> Iterator[kitchen_pb2.Item]:
+        yield kitchen_pb2.Item(i=1)
+        release.wait(150)  # the client never half-closes while the test runs
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            kitchen = kitchen_pb2_grpc.KitchenStub(channel)
+            chat = getattr(kitchen, method)(requests(), timeout=150)
+            assert next(chat).i == 2  # the stream is open in the handler
+            watch = kitchen.CountUp(kitchen_pb2.Count(n=20, delay=0.1), timeout=60)
+            assert next(watch).i == 0
+            sleeper = kitchen.Sleep.future(kitchen_pb2.SleepRequest(seconds=1.5), timeout=60)
+            time.sleep(0.5)
+            worker.popen.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.RpcError) as ended:
+                next(chat)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
+            assert "stopping" in (ended.value.details() or "")
+            assert len(list(watch)) == 19 and procs.status_of(sleeper) == grpc.StatusCode.OK
+            assert worker.popen.wait(60) == 0  # not the 120 s drain timeout
+    finally:
+        release.set()
         worker.stop()
         front.stop()
 
